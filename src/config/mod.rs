@@ -1,0 +1,501 @@
+//! keysync's configuration: a TOML file plus `KEYSYNC_*` environment overrides (`__` nests:
+//! `KEYSYNC_VAULT__ADDRESS`), read with the `config` crate into types that refuse unknown
+//! fields. Vault connection settings fall back to the usual `VAULT_*` variables.
+//!
+//! The config text never holds a secret: tokens, secret_ids and JWTs are read from files or
+//! the environment at login time, so printing the resolved config is always safe.
+
+mod duration;
+
+pub use duration::HumanDuration;
+
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// The default config file, looked up in the working directory.
+pub const DEFAULT_CONFIG_FILE: &str = "keysync.toml";
+
+/// Everything keysync reads from its config file.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub vault: VaultConfig,
+    pub kv: KvConfig,
+}
+
+/// How to reach Vault and log in.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct VaultConfig {
+    /// `http(s)://host:port`; falls back to `VAULT_ADDR`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// PEM file with the CA that signed Vault's certificate; falls back to `VAULT_CACERT`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<PathBuf>,
+    /// Vault Enterprise / OpenBao namespace; falls back to `VAULT_NAMESPACE`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Skip TLS verification (testing only); falls back to `VAULT_SKIP_VERIFY`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skip_verify: Option<bool>,
+    /// Timeout of one HTTP request to Vault.
+    pub timeout: HumanDuration,
+    pub auth: AuthConfig,
+}
+
+impl Default for VaultConfig {
+    fn default() -> Self {
+        VaultConfig {
+            address: None,
+            ca_cert: None,
+            namespace: None,
+            skip_verify: None,
+            timeout: HumanDuration::from_secs(30),
+            auth: AuthConfig::default(),
+        }
+    }
+}
+
+/// `[vault.auth]`: which auth method logs keysync in, selected by `method`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "method", rename_all = "lowercase")]
+pub enum AuthConfig {
+    Token(TokenAuth),
+    Approle(AppRoleAuth),
+    Jwt(JwtAuth),
+    Kubernetes(KubernetesAuth),
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig::Token(TokenAuth::default())
+    }
+}
+
+impl AuthConfig {
+    pub fn method_name(&self) -> &'static str {
+        match self {
+            AuthConfig::Token(_) => "token",
+            AuthConfig::Approle(_) => "approle",
+            AuthConfig::Jwt(_) => "jwt",
+            AuthConfig::Kubernetes(_) => "kubernetes",
+        }
+    }
+}
+
+/// `method = "token"`: a token from `token_file`, else `VAULT_TOKEN`, else `~/.vault-token`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenAuth {
+    /// Re-read when it changes, so a sidecar can hand keysync fresh tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// `method = "approle"`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AppRoleAuth {
+    #[serde(default = "default_approle_mount")]
+    pub mount: String,
+    pub role_id_file: PathBuf,
+    pub secret_id_file: PathBuf,
+    /// The secret_id file holds a response-wrapping token to unwrap (single use).
+    #[serde(default)]
+    pub secret_id_wrapped: bool,
+    /// Delete the secret_id file once read, like Vault Agent's
+    /// `remove_secret_id_file_after_reading`.
+    #[serde(default)]
+    pub remove_secret_id_file: bool,
+}
+
+/// `method = "jwt"`: OpenBao/Vault's jwt auth with a JWT read from a file on every login.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JwtAuth {
+    #[serde(default = "default_jwt_mount")]
+    pub mount: String,
+    pub role: String,
+    pub jwt_file: PathBuf,
+}
+
+/// `method = "kubernetes"`: the pod's service-account token.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesAuth {
+    #[serde(default = "default_kubernetes_mount")]
+    pub mount: String,
+    pub role: String,
+    #[serde(default = "default_service_account_token_file")]
+    pub jwt_file: PathBuf,
+}
+
+fn default_approle_mount() -> String {
+    "approle".into()
+}
+fn default_jwt_mount() -> String {
+    "jwt".into()
+}
+fn default_kubernetes_mount() -> String {
+    "kubernetes".into()
+}
+fn default_service_account_token_file() -> PathBuf {
+    PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token")
+}
+
+/// `[kv]`: where keys live: `<mount>/data/<prefix>/<NAME>`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KvConfig {
+    pub mount: String,
+    pub prefix: String,
+}
+
+impl Default for KvConfig {
+    fn default() -> Self {
+        KvConfig { mount: "secret".into(), prefix: "keysync".into() }
+    }
+}
+
+/// A config problem, said so a person can fix it: which file, which field, what to do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    /// The file (or `environment`) the problem came from.
+    pub source: String,
+    /// The field, dotted (`vault.auth.role_id_file`), when known.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.field {
+            Some(field) => write!(f, "{}: {}: {}", self.source, field, self.message),
+            None => write!(f, "{}: {}", self.source, self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    fn new(source: &str, field: Option<&str>, message: impl Into<String>) -> Self {
+        ConfigError { source: source.to_string(), field: field.map(str::to_string), message: message.into() }
+    }
+}
+
+/// Where to read the config from.
+#[derive(Clone, Debug)]
+pub struct ConfigSource {
+    pub path: PathBuf,
+    /// Given on the command line: then a missing file is an error. The default
+    /// `./keysync.toml` may be absent (environment-only setups).
+    pub explicit: bool,
+}
+
+/// Reads the config file and `KEYSYNC_*__*` environment overrides, and validates the result.
+pub fn load(source: &ConfigSource) -> Result<Config, ConfigError> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    load_with_env(source, &env)
+}
+
+/// [`load`] with an explicit environment, for tests.
+pub fn load_with_env(source: &ConfigSource, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+    let file_label = source.path.display().to_string();
+    let exists = source.path.exists();
+    if source.explicit && !exists {
+        return Err(ConfigError::new(
+            &file_label,
+            None,
+            "config file not found; pass an existing file with --config or create it",
+        ));
+    }
+    let mut builder = config::Config::builder();
+    if exists {
+        let text = std::fs::read_to_string(&source.path)
+            .map_err(|e| ConfigError::new(&file_label, None, format!("cannot read the config file: {e}")))?;
+        // Parse with `toml` first: its errors carry line and column, config's do not.
+        if let Err(e) = text.parse::<toml::Table>() {
+            let msg = e.to_string().replace('\n', " ").split_whitespace().collect::<Vec<_>>().join(" ");
+            return Err(ConfigError::new(&file_label, None, format!("invalid TOML: {msg}")));
+        }
+        builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
+    }
+    let overrides = env_overrides(env);
+    let env_keys: Vec<String> = overrides.keys().cloned().collect();
+    builder = builder.add_source(
+        config::Environment::with_prefix("KEYSYNC")
+            .prefix_separator("_")
+            .separator("__")
+            .try_parsing(true)
+            .source(Some(overrides)),
+    );
+    let label = if env_keys.is_empty() {
+        file_label.clone()
+    } else {
+        format!("{file_label} (with environment overrides {})", env_keys.join(", "))
+    };
+    let raw = builder.build().map_err(|e| translate_config_error(&label, e))?;
+    let cfg: Config = raw.try_deserialize().map_err(|e| translate_config_error(&label, e))?;
+    cfg.validate(&file_label)?;
+    Ok(cfg)
+}
+
+/// Only `KEYSYNC_<SECTION>__<FIELD>` variables are overrides: a variable without `__`
+/// (such as `KEYSYNC_TEST_BAO_BIN`) belongs to something else and is left alone.
+fn env_overrides(env: &HashMap<String, String>) -> HashMap<String, String> {
+    env.iter()
+        .filter(|(k, _)| k.starts_with("KEYSYNC_") && k["KEYSYNC_".len()..].contains("__"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// The config crate says `unknown field `x`, expected one of ... for key `vault``; reshape
+/// that into file / field / fix.
+fn translate_config_error(label: &str, err: config::ConfigError) -> ConfigError {
+    let text = err.to_string();
+    if let Some(rest) = text.strip_prefix("unknown field `") {
+        let (field, tail) = rest.split_once('`').unwrap_or((rest, ""));
+        let parent = key_from_message(tail);
+        let full = match &parent {
+            Some(p) if !p.is_empty() => format!("{p}.{field}"),
+            _ => field.to_string(),
+        };
+        let expected = tail.split(" for key").next().unwrap_or("").trim_start_matches(',').trim();
+        let hint = if expected.is_empty() { String::new() } else { format!(" ({expected})") };
+        return ConfigError::new(label, Some(&full), format!("unknown field; remove it or fix its spelling{hint}"));
+    }
+    if let Some(rest) = text.strip_prefix("missing field `") {
+        let (field, tail) = rest.split_once('`').unwrap_or((rest, ""));
+        let parent = key_from_message(tail);
+        let full = match &parent {
+            Some(p) if !p.is_empty() => format!("{p}.{field}"),
+            _ => field.to_string(),
+        };
+        return ConfigError::new(label, Some(&full), "required field is missing; add it");
+    }
+    if text.contains("unknown variant") && text.contains("method") {
+        return ConfigError::new(
+            label,
+            Some("vault.auth.method"),
+            format!("{text}; use one of token, approle, jwt, kubernetes"),
+        );
+    }
+    let field = key_from_message(&text);
+    ConfigError::new(label, field.as_deref(), text)
+}
+
+fn key_from_message(text: &str) -> Option<String> {
+    let idx = text.rfind("for key `")?;
+    let rest = &text[idx + "for key `".len()..];
+    let end = rest.find('`')?;
+    Some(rest[..end].to_string())
+}
+
+impl Config {
+    /// Checks what serde cannot: names, paths and combinations.
+    pub fn validate(&self, source: &str) -> Result<(), ConfigError> {
+        if let Some(addr) = &self.vault.address {
+            crate::vault::parse_address(addr).map_err(|m| ConfigError::new(source, Some("vault.address"), m))?;
+        }
+        if self.vault.timeout.get().is_zero() {
+            return Err(ConfigError::new(source, Some("vault.timeout"), "must be more than 0s"));
+        }
+        check_segment(source, "kv.mount", &self.kv.mount, false)?;
+        check_segment(source, "kv.prefix", &self.kv.prefix, true)?;
+        match &self.vault.auth {
+            AuthConfig::Token(_) => {}
+            AuthConfig::Approle(a) => {
+                check_segment(source, "vault.auth.mount", &a.mount, false)?;
+            }
+            AuthConfig::Jwt(j) => {
+                check_segment(source, "vault.auth.mount", &j.mount, false)?;
+                check_nonempty(source, "vault.auth.role", &j.role)?;
+            }
+            AuthConfig::Kubernetes(k) => {
+                check_segment(source, "vault.auth.mount", &k.mount, false)?;
+                check_nonempty(source, "vault.auth.role", &k.role)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The resolved config as TOML. Safe to print: the config holds no secrets.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+fn check_nonempty(source: &str, field: &str, value: &str) -> Result<(), ConfigError> {
+    if value.trim().is_empty() {
+        return Err(ConfigError::new(source, Some(field), "must not be empty"));
+    }
+    Ok(())
+}
+
+/// Mount and prefix become URL path segments: keep them to plain names.
+fn check_segment(source: &str, field: &str, value: &str, allow_slash: bool) -> Result<(), ConfigError> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') || (allow_slash && c == '/');
+    if value.is_empty()
+        || !value.chars().all(ok_char)
+        || value.starts_with('/')
+        || value.ends_with('/')
+        || value.split('/').any(|s| s.is_empty() || s == "." || s == "..")
+    {
+        return Err(ConfigError::new(
+            source,
+            Some(field),
+            format!(
+                "{value:?} is not a valid path segment; use letters, digits, '-', '_' and '.'{}",
+                if allow_slash { " with single '/' between parts (e.g. \"keysync/prod\")" } else { "" }
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Resolves a config path given on the command line, or the default.
+pub fn source_from_arg(arg: Option<&Path>) -> ConfigSource {
+    match arg {
+        Some(p) => ConfigSource { path: p.to_path_buf(), explicit: true },
+        None => ConfigSource { path: PathBuf::from(DEFAULT_CONFIG_FILE), explicit: false },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load_text(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        load_with_env(&ConfigSource { path: file.path().to_path_buf(), explicit: true }, &env)
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let cfg = load_text("", &[]).unwrap();
+        assert_eq!(cfg, Config::default());
+        assert_eq!(cfg.kv.mount, "secret");
+        assert_eq!(cfg.kv.prefix, "keysync");
+    }
+
+    #[test]
+    fn approle_section_parses_with_default_mount() {
+        let cfg = load_text(
+            "[vault]\naddress = \"http://127.0.0.1:8200\"\n[vault.auth]\nmethod = \"approle\"\nrole_id_file = \"/r\"\nsecret_id_file = \"/s\"\nsecret_id_wrapped = true\n",
+            &[],
+        )
+        .unwrap();
+        match cfg.vault.auth {
+            AuthConfig::Approle(a) => {
+                assert_eq!(a.mount, "approle");
+                assert!(a.secret_id_wrapped);
+            }
+            other => panic!("expected approle, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_field_is_named_with_its_section() {
+        let err = load_text("[vault]\nadress = \"http://x\"\n", &[]).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("vault.adress"), "{err}");
+        assert!(err.message.contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn unknown_top_level_section_is_named() {
+        let err = load_text("[vaultt]\naddress = \"http://x\"\n", &[]).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("vaultt"), "{err}");
+    }
+
+    #[test]
+    fn unknown_field_in_auth_method_is_named() {
+        let err = load_text(
+            "[vault.auth]\nmethod = \"approle\"\nrole_id_file = \"/r\"\nsecret_id_file = \"/s\"\nsecretid = 1\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("secretid"), "{err}");
+    }
+
+    #[test]
+    fn unknown_auth_method_lists_the_choices() {
+        let err = load_text("[vault.auth]\nmethod = \"ldap\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("approle"), "{err}");
+        assert!(err.to_string().contains("ldap"), "{err}");
+    }
+
+    #[test]
+    fn invalid_toml_names_the_line() {
+        let err = load_text("[vault\naddress = 1\n", &[]).unwrap_err();
+        assert!(err.message.starts_with("invalid TOML"), "{err}");
+        assert!(err.message.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn bad_url_is_refused_before_use() {
+        let err = load_text("[vault]\naddress = \"not a url\"\n", &[]).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("vault.address"));
+    }
+
+    #[test]
+    fn env_overrides_nest_with_double_underscore() {
+        let cfg = load_text(
+            "[vault]\naddress = \"http://a:1\"\n",
+            &[("KEYSYNC_VAULT__ADDRESS", "http://b:2"), ("KEYSYNC_KV__PREFIX", "keysync/prod")],
+        )
+        .unwrap();
+        assert_eq!(cfg.vault.address.as_deref(), Some("http://b:2"));
+        assert_eq!(cfg.kv.prefix, "keysync/prod");
+    }
+
+    #[test]
+    fn unrelated_keysync_variables_are_not_config() {
+        let cfg = load_text("", &[("KEYSYNC_TEST_BAO_BIN", "/x/bao")]).unwrap();
+        assert_eq!(cfg, Config::default());
+    }
+
+    #[test]
+    fn unknown_env_override_is_an_error_naming_the_variable() {
+        let err = load_text("", &[("KEYSYNC_VAULT__ADRESS", "http://b:2")]).unwrap_err();
+        assert!(err.to_string().contains("KEYSYNC_VAULT__ADRESS"), "{err}");
+        assert!(err.to_string().contains("adress"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_names_the_field() {
+        let err = load_text("[vault]\ntimeout = \"soon\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("soon"), "{err}");
+        assert!(err.to_string().contains("timeout"), "{err}");
+    }
+
+    #[test]
+    fn prefix_with_traversal_is_refused() {
+        let err = load_text("[kv]\nprefix = \"a/../b\"\n", &[]).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("kv.prefix"));
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error() {
+        let err = load_with_env(
+            &ConfigSource { path: PathBuf::from("/nonexistent/keysync.toml"), explicit: true },
+            &HashMap::new(),
+        )
+        .unwrap_err();
+        assert!(err.message.contains("not found"));
+    }
+
+    #[test]
+    fn printed_config_round_trips() {
+        let cfg = load_text("[vault]\naddress = \"http://127.0.0.1:8200\"\n", &[]).unwrap();
+        let text = cfg.to_toml();
+        let again: Config = toml::from_str(&text).unwrap();
+        assert_eq!(cfg, again);
+    }
+}

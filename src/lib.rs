@@ -1,0 +1,11 @@
+//! keysync keeps LLM-provider API keys in HashiCorp Vault / OpenBao KV v2, rotates them, and
+//! renders them to files for the apps that use them.
+//!
+//! `main.rs` only parses arguments; everything else lives here so it can be tested without a
+//! process.
+
+pub mod cli;
+pub mod config;
+pub mod logging;
+pub mod secret;
+pub mod vault;

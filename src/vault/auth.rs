@@ -1,0 +1,227 @@
+//! Auth methods: turn `[vault.auth]` into a Vault token. Credentials are read from their files
+//! at every login (so rotated files are picked up) and held only in [`Secret`]s.
+
+use super::client::{Request, VaultClient};
+use super::error::VaultError;
+use crate::config::{AppRoleAuth, AuthConfig};
+use crate::secret::Secret;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// What a login produced. Token details come from `lookup-self` afterwards.
+#[derive(Debug, Clone)]
+pub struct LoginResult {
+    pub token: Secret,
+    /// Where the token came from, for messages (`approle login`, `VAULT_TOKEN`, a file).
+    pub origin: String,
+}
+
+/// Logs in with the configured method. Keeps an unwrapped or already-read secret_id in
+/// memory, because wrapping tokens are single-use and the file may be removed after reading.
+#[derive(Debug)]
+pub struct Authenticator {
+    config: AuthConfig,
+    env_token: Option<Secret>,
+    cached_secret_id: Mutex<Option<CachedSecretId>>,
+}
+
+#[derive(Debug, Clone)]
+struct CachedSecretId {
+    /// Fingerprint of the file content it came from (the wrapping token or the secret_id).
+    source_fp: String,
+    secret_id: Secret,
+}
+
+impl Authenticator {
+    /// `VAULT_TOKEN` is captured once here; the token method falls back to it.
+    pub fn new(config: AuthConfig) -> Self {
+        let env_token = std::env::var("VAULT_TOKEN").ok().filter(|t| !t.trim().is_empty()).map(Secret::new);
+        Authenticator { config, env_token, cached_secret_id: Mutex::new(None) }
+    }
+
+    /// With an explicit fallback token instead of `VAULT_TOKEN` (tests, embedding).
+    pub fn with_env_token(config: AuthConfig, env_token: Option<Secret>) -> Self {
+        Authenticator { config, env_token, cached_secret_id: Mutex::new(None) }
+    }
+
+    pub fn method(&self) -> &'static str {
+        self.config.method_name()
+    }
+
+    /// Whether a fresh token can be had without a person: every method except a token that
+    /// came from the environment (a token file may be rewritten by a sidecar).
+    pub fn can_relogin(&self) -> bool {
+        match &self.config {
+            AuthConfig::Token(t) => t.token_file.is_some() || self.env_token.is_none(),
+            _ => true,
+        }
+    }
+
+    /// The token file to watch for changes, if the token method reads one.
+    pub fn token_file(&self) -> Option<PathBuf> {
+        match &self.config {
+            AuthConfig::Token(t) => {
+                t.token_file.clone().or_else(|| if self.env_token.is_none() { home_token_file() } else { None })
+            }
+            _ => None,
+        }
+    }
+
+    /// Gets a token: reads it (token method) or logs in at `auth/<mount>/login`.
+    pub async fn login(&self, client: &VaultClient) -> Result<LoginResult, VaultError> {
+        match &self.config {
+            AuthConfig::Token(t) => {
+                if let Some(file) = &t.token_file {
+                    let token = read_credential(file, "vault.auth.token_file", "the Vault token")?;
+                    return Ok(LoginResult { token, origin: format!("token file {}", file.display()) });
+                }
+                if let Some(token) = &self.env_token {
+                    return Ok(LoginResult { token: token.clone(), origin: "VAULT_TOKEN".into() });
+                }
+                if let Some(file) = home_token_file().filter(|f| f.exists()) {
+                    let token = read_credential(&file, "~/.vault-token", "the Vault token")?;
+                    return Ok(LoginResult { token, origin: format!("token file {}", file.display()) });
+                }
+                Err(VaultError::Auth(
+                    "no Vault token: export VAULT_TOKEN, set vault.auth.token_file, or choose another vault.auth.method (approle, jwt, kubernetes)".into(),
+                ))
+            }
+            AuthConfig::Approle(a) => self.login_approle(client, a).await,
+            AuthConfig::Jwt(j) => {
+                let jwt = read_credential(&j.jwt_file, "vault.auth.jwt_file", "the JWT")?;
+                login_with_jwt(client, &j.mount, &j.role, &jwt, &j.jwt_file, "jwt").await
+            }
+            AuthConfig::Kubernetes(k) => {
+                let jwt = read_credential(&k.jwt_file, "vault.auth.jwt_file", "the service-account token")?;
+                login_with_jwt(client, &k.mount, &k.role, &jwt, &k.jwt_file, "kubernetes").await
+            }
+        }
+    }
+
+    async fn login_approle(&self, client: &VaultClient, cfg: &AppRoleAuth) -> Result<LoginResult, VaultError> {
+        let role_id = read_credential(&cfg.role_id_file, "vault.auth.role_id_file", "the AppRole role_id")?;
+        let secret_id = self.approle_secret_id(client, cfg).await?;
+        let path = format!("auth/{}/login", cfg.mount);
+        let body = json!({ "role_id": role_id.expose(), "secret_id": secret_id.expose() });
+        let resp = client.send(&Request::post(&path, "login", body), None).await.map_err(|e| match e {
+            VaultError::Api { status: 400, message, .. } => VaultError::Auth(format!(
+                "AppRole login at {path} was refused ({message}); check the role_id in {} and the secret_id in {} (a secret_id can be used up or expired: issue a new one)",
+                cfg.role_id_file.display(),
+                cfg.secret_id_file.display()
+            )),
+            VaultError::Api { status: 404 | 405, message, .. } => VaultError::Auth(format!(
+                "no AppRole auth at {path} ({message}); enable it (`bao auth enable approle`) or fix vault.auth.mount"
+            )),
+            other => other,
+        })?;
+        Ok(LoginResult { token: client_token(&resp.body, &path)?, origin: format!("approle login at {path}") })
+    }
+
+    /// The secret_id: from the file (unwrapping it when wrapped), or from memory when the file
+    /// was removed after reading or still holds the wrapping token we already used.
+    async fn approle_secret_id(&self, client: &VaultClient, cfg: &AppRoleAuth) -> Result<Secret, VaultError> {
+        let cached = self.cached_secret_id.lock().ok().and_then(|c| c.clone());
+        let file_content =
+            match read_credential(&cfg.secret_id_file, "vault.auth.secret_id_file", "the AppRole secret_id") {
+                Ok(content) => content,
+                Err(e) => {
+                    return match cached {
+                        Some(c) if !cfg.secret_id_file.exists() => Ok(c.secret_id),
+                        _ => Err(e),
+                    }
+                }
+            };
+        let source_fp = file_content.fingerprint();
+        if let Some(c) = cached.filter(|c| c.source_fp == source_fp) {
+            return Ok(c.secret_id);
+        }
+        let secret_id = if cfg.secret_id_wrapped {
+            unwrap_secret_id(client, &file_content, &cfg.secret_id_file).await?
+        } else {
+            file_content
+        };
+        if let Ok(mut slot) = self.cached_secret_id.lock() {
+            *slot = Some(CachedSecretId { source_fp, secret_id: secret_id.clone() });
+        }
+        if cfg.remove_secret_id_file {
+            if let Err(e) = std::fs::remove_file(&cfg.secret_id_file) {
+                tracing::warn!(file = %cfg.secret_id_file.display(), error = %e, "could not remove the secret_id file after reading it");
+            }
+        }
+        Ok(secret_id)
+    }
+}
+
+/// `sys/wrapping/unwrap` with the wrapping token as the request token.
+async fn unwrap_secret_id(client: &VaultClient, wrapping_token: &Secret, file: &Path) -> Result<Secret, VaultError> {
+    let req = Request::post("sys/wrapping/unwrap", "unwrap", json!({}));
+    let resp = client.send(&req, Some(wrapping_token)).await.map_err(|e| match e {
+        VaultError::Api { status: 400 | 403, message, .. } => VaultError::Auth(format!(
+            "the response-wrapped secret_id in {} could not be unwrapped ({message}); wrapping tokens work once: write a freshly wrapped secret_id to that file",
+            file.display()
+        )),
+        other => other,
+    })?;
+    let secret_id = resp
+        .body
+        .pointer("/data/secret_id")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| {
+            VaultError::Auth(format!(
+                "the wrapping token in {} did not wrap an AppRole secret_id (no data.secret_id); wrap the answer of auth/approle/role/NAME/secret-id",
+                file.display()
+            ))
+        })?;
+    Ok(Secret::new(secret_id))
+}
+
+async fn login_with_jwt(
+    client: &VaultClient,
+    mount: &str,
+    role: &str,
+    jwt: &Secret,
+    file: &Path,
+    method: &str,
+) -> Result<LoginResult, VaultError> {
+    let path = format!("auth/{mount}/login");
+    let body = json!({ "role": role, "jwt": jwt.expose() });
+    let resp = client.send(&Request::post(&path, "login", body), None).await.map_err(|e| match e {
+        VaultError::Api { status: 400 | 403, message, .. } => VaultError::Auth(format!(
+            "{method} login at {path} with role {role:?} was refused ({message}); check the token in {} and the role's bound claims / audiences",
+            file.display()
+        )),
+        VaultError::Api { status: 404 | 405, message, .. } => VaultError::Auth(format!(
+            "no {method} auth at {path} ({message}); enable it or fix vault.auth.mount"
+        )),
+        other => other,
+    })?;
+    Ok(LoginResult { token: client_token(&resp.body, &path)?, origin: format!("{method} login at {path}") })
+}
+
+fn client_token(body: &Value, path: &str) -> Result<Secret, VaultError> {
+    body.pointer("/auth/client_token").and_then(Value::as_str).filter(|t| !t.is_empty()).map(Secret::new).ok_or_else(
+        || VaultError::InvalidResponse {
+            method: "POST".into(),
+            path: path.into(),
+            detail: "login answer has no auth.client_token".into(),
+        },
+    )
+}
+
+/// Reads a one-line credential file; trims whitespace. Errors name the file and the field.
+fn read_credential(path: &Path, field: &str, what: &str) -> Result<Secret, VaultError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        VaultError::Auth(format!("cannot read {what} from {} ({e}); fix {field} or create the file", path.display()))
+    })?;
+    let value = text.trim();
+    if value.is_empty() {
+        return Err(VaultError::Auth(format!("{} is empty; it must hold {what} ({field})", path.display())));
+    }
+    Ok(Secret::new(value))
+}
+
+fn home_token_file() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".vault-token"))
+}

@@ -1,0 +1,367 @@
+//! The Vault session: the current token, its renewal, and logging in again by itself.
+//!
+//! Every Vault call in keysync goes through [`Session::request`]. A 403 is checked once with
+//! `lookup-self`: if the token itself is dead (revoked, expired) the session logs in again and
+//! retries the call; otherwise it is an ACL denial and the error names the path and policies.
+//! [`Session::maintain`] renews the token at about 2/3 of its TTL and logs in again when
+//! renewal fails or max TTL nears, backing off exponentially with jitter (never a hot loop).
+
+use super::auth::Authenticator;
+use super::client::{check_status, Request, Response, VaultClient};
+use super::error::{PolicyList, VaultError};
+use crate::secret::Secret;
+use backon::{ExponentialBuilder, Retryable};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, Mutex};
+
+/// What `lookup-self` told us about the token. Never holds the token itself.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct TokenInfo {
+    pub accessor: String,
+    pub policies: Vec<String>,
+    pub display_name: String,
+    /// Seconds left when looked up; 0 = never expires (root).
+    pub ttl_secs: u64,
+    /// The TTL the token was created with: the increment asked for on renewal.
+    pub creation_ttl_secs: u64,
+    pub renewable: bool,
+    pub expire_time: Option<String>,
+    pub token_type: String,
+    /// How the token was obtained (`approle login at auth/approle/login`, `VAULT_TOKEN`).
+    pub origin: String,
+}
+
+struct TokenState {
+    token: Secret,
+    info: TokenInfo,
+    /// When `info.ttl_secs` was measured.
+    measured_at: Instant,
+    /// Bumped on every new token, so concurrent callers re-authenticate only once.
+    generation: u64,
+    /// The last renewal got less than asked for: max TTL is near, log in again instead.
+    capped: bool,
+    /// Fingerprint of the token file content the token came from (token method).
+    source_fp: Option<String>,
+}
+
+/// A logged-in Vault session shared by everything that talks to Vault.
+pub struct Session {
+    client: VaultClient,
+    auth: Authenticator,
+    state: RwLock<TokenState>,
+    relogin: Mutex<()>,
+    logins: AtomicU64,
+    renewals: AtomicU64,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("address", &self.client.settings().address.as_str())
+            .field("method", &self.auth.method())
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+/// How long to wait between re-login attempts: exponential from 1 s to 60 s, with jitter.
+fn relogin_backoff(max_times: Option<usize>) -> ExponentialBuilder {
+    let b = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(60))
+        .with_factor(2.0)
+        .with_jitter();
+    match max_times {
+        Some(n) => b.with_max_times(n),
+        None => b.without_max_times(),
+    }
+}
+
+impl Session {
+    /// Logs in (once, no retries: a first login that fails is for a person to fix) and looks
+    /// the token up.
+    pub async fn login(client: VaultClient, auth: Authenticator) -> Result<Arc<Session>, VaultError> {
+        let (token, info) = obtain_token(&client, &auth).await?;
+        let source_fp = auth.token_file().and_then(|f| file_fingerprint(&f));
+        tracing::info!(
+            method = auth.method(),
+            accessor = %info.accessor,
+            policies = ?info.policies,
+            ttl_secs = info.ttl_secs,
+            renewable = info.renewable,
+            "logged in to Vault"
+        );
+        Ok(Arc::new(Session {
+            client,
+            auth,
+            state: RwLock::new(TokenState {
+                token,
+                info,
+                measured_at: Instant::now(),
+                generation: 1,
+                capped: false,
+                source_fp,
+            }),
+            relogin: Mutex::new(()),
+            logins: AtomicU64::new(1),
+            renewals: AtomicU64::new(0),
+        }))
+    }
+
+    pub fn client(&self) -> &VaultClient {
+        &self.client
+    }
+
+    /// Details of the current token.
+    pub fn token_info(&self) -> TokenInfo {
+        self.read_state(|s| s.info.clone())
+    }
+
+    /// Seconds until the current token expires, `None` when it never does.
+    pub fn token_ttl_remaining(&self) -> Option<Duration> {
+        self.read_state(|s| {
+            (s.info.ttl_secs > 0).then(|| Duration::from_secs(s.info.ttl_secs).saturating_sub(s.measured_at.elapsed()))
+        })
+    }
+
+    /// How many times this session has obtained a token (1 after the first login).
+    pub fn login_count(&self) -> u64 {
+        self.logins.load(Ordering::Relaxed)
+    }
+
+    /// How many successful renew-self calls this session made.
+    pub fn renewal_count(&self) -> u64 {
+        self.renewals.load(Ordering::Relaxed)
+    }
+
+    fn read_state<T>(&self, f: impl FnOnce(&TokenState) -> T) -> T {
+        match self.state.read() {
+            Ok(s) => f(&s),
+            Err(poisoned) => f(&poisoned.into_inner()),
+        }
+    }
+
+    fn write_state(&self, f: impl FnOnce(&mut TokenState)) {
+        match self.state.write() {
+            Ok(mut s) => f(&mut s),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+
+    fn current(&self) -> (Secret, u64) {
+        self.read_state(|s| (s.token.clone(), s.generation))
+    }
+
+    /// Sends a request with the session token; a 2xx answer or an error. A 403 becomes
+    /// [`VaultError::PermissionDenied`] after the token is found alive.
+    pub async fn request(&self, req: &Request) -> Result<Response, VaultError> {
+        let resp = self.request_raw(req).await?;
+        if resp.status == 403 {
+            let (method, path) = req.describe();
+            return Err(VaultError::PermissionDenied {
+                method,
+                path,
+                policies: PolicyList(self.token_info().policies),
+            });
+        }
+        check_status(req, resp)
+    }
+
+    /// Like [`Self::request`] but returns any answer (for 404 bodies of deleted versions).
+    /// A dead token is replaced and the request sent once more.
+    pub async fn request_raw(&self, req: &Request) -> Result<Response, VaultError> {
+        let (token, generation) = self.current();
+        let resp = self.client.send_raw(req, Some(&token)).await?;
+        if resp.status != 403 {
+            return Ok(resp);
+        }
+        match lookup_self(&self.client, &token).await {
+            Ok(_) => Ok(resp),
+            Err(e) if e.status() == Some(403) => {
+                tracing::warn!(op = req.op, "Vault token no longer valid; logging in again");
+                self.reauthenticate(generation).await?;
+                let (token, _) = self.current();
+                self.client.send_raw(req, Some(&token)).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Replaces the token unless another task already did since `seen_generation`.
+    async fn reauthenticate(&self, seen_generation: u64) -> Result<(), VaultError> {
+        let _guard = self.relogin.lock().await;
+        if self.read_state(|s| s.generation) != seen_generation {
+            return Ok(());
+        }
+        if !self.auth.can_relogin() {
+            return Err(VaultError::TokenInvalid(
+                "the token from VAULT_TOKEN was revoked or expired and keysync cannot get another by itself; export a new VAULT_TOKEN or configure vault.auth".into(),
+            ));
+        }
+        let attempt = || async { obtain_token(&self.client, &self.auth).await };
+        let (token, info) = attempt
+            .retry(relogin_backoff(Some(4)))
+            .when(VaultError::is_transient)
+            .notify(|e, wait| tracing::warn!(error = %e, retry_in = ?wait, "re-authentication failed"))
+            .await
+            .map_err(|e| VaultError::TokenInvalid(e.to_string()))?;
+        self.install(token, info);
+        Ok(())
+    }
+
+    fn install(&self, token: Secret, info: TokenInfo) {
+        let source_fp = self.auth.token_file().and_then(|f| file_fingerprint(&f));
+        tracing::info!(accessor = %info.accessor, ttl_secs = info.ttl_secs, "obtained a new Vault token");
+        self.write_state(|s| {
+            s.token = token;
+            s.info = info;
+            s.measured_at = Instant::now();
+            s.generation += 1;
+            s.capped = false;
+            s.source_fp = source_fp;
+        });
+        self.logins.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Keeps the token alive until `shutdown` turns true: renews at 2/3 of the TTL, logs in
+    /// again when renewal fails or max TTL nears, and picks up a rewritten token file.
+    pub async fn maintain(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        const FILE_POLL: Duration = Duration::from_secs(5);
+        loop {
+            let (renew_at, renewable, capped, ttl) = self.read_state(|s| {
+                let ttl = Duration::from_secs(s.info.ttl_secs);
+                (s.measured_at + ttl.mul_f64(2.0 / 3.0), s.info.renewable, s.capped, s.info.ttl_secs)
+            });
+            let token_file = self.auth.token_file();
+            let mut wake = if ttl == 0 { Instant::now() + Duration::from_secs(3600) } else { renew_at };
+            if token_file.is_some() {
+                wake = wake.min(Instant::now() + FILE_POLL);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake.into()) => {}
+                _ = shutdown.changed() => return,
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+            if let Some(file) = &token_file {
+                let fp = file_fingerprint(file);
+                if fp.is_some() && fp != self.read_state(|s| s.source_fp.clone()) {
+                    tracing::info!(file = %file.display(), "token file changed; switching to the new token");
+                    let generation = self.read_state(|s| s.generation);
+                    self.relogin_until_done(generation, &mut shutdown).await;
+                    continue;
+                }
+            }
+            if ttl == 0 || Instant::now() < renew_at {
+                continue;
+            }
+            if renewable && !capped {
+                match self.renew().await {
+                    Ok(()) => continue,
+                    Err(e) => tracing::warn!(error = %e, "token renewal failed; logging in again"),
+                }
+            }
+            if !self.auth.can_relogin() {
+                tracing::warn!("the Vault token cannot be renewed and came from VAULT_TOKEN; keysync will stop working when it expires");
+                self.write_state(|s| s.info.ttl_secs = 0);
+                continue;
+            }
+            let generation = self.read_state(|s| s.generation);
+            self.relogin_until_done(generation, &mut shutdown).await;
+        }
+    }
+
+    /// Logs in again, retrying with capped backoff until it works or shutdown.
+    async fn relogin_until_done(&self, seen_generation: u64, shutdown: &mut watch::Receiver<bool>) {
+        let _guard = self.relogin.lock().await;
+        if self.read_state(|s| s.generation) != seen_generation {
+            return;
+        }
+        let attempt = || async { obtain_token(&self.client, &self.auth).await };
+        let result = tokio::select! {
+            r = attempt
+                .retry(relogin_backoff(None))
+                .notify(|e, wait| tracing::warn!(error = %e, retry_in = ?wait, "Vault login failed; will retry")) => r,
+            _ = shutdown.changed() => return,
+        };
+        if let Ok((token, info)) = result {
+            self.install(token, info);
+        }
+    }
+
+    /// `renew-self` asking for the token's creation TTL again.
+    async fn renew(&self) -> Result<(), VaultError> {
+        let (token, creation_ttl) = self.read_state(|s| (s.token.clone(), s.info.creation_ttl_secs));
+        let req = Request::post("auth/token/renew-self", "renew", json!({ "increment": format!("{creation_ttl}s") }));
+        let resp = self.client.send(&req, Some(&token)).await?;
+        let granted = resp.body.pointer("/auth/lease_duration").and_then(Value::as_u64).unwrap_or(0);
+        if granted == 0 {
+            return Err(VaultError::InvalidResponse {
+                method: "POST".into(),
+                path: req.path,
+                detail: "renewal answer has no auth.lease_duration".into(),
+            });
+        }
+        let capped = granted + 1 < creation_ttl;
+        tracing::debug!(granted_secs = granted, capped, "renewed the Vault token");
+        self.renewals.fetch_add(1, Ordering::Relaxed);
+        self.write_state(|s| {
+            s.info.ttl_secs = granted;
+            s.measured_at = Instant::now();
+            s.capped = capped;
+        });
+        Ok(())
+    }
+}
+
+/// Logs in and looks the new token up.
+async fn obtain_token(client: &VaultClient, auth: &Authenticator) -> Result<(Secret, TokenInfo), VaultError> {
+    let login = auth.login(client).await?;
+    let mut info = lookup_self(client, &login.token).await.map_err(|e| match e {
+        VaultError::Api { status: 403, .. } => VaultError::Auth(format!(
+            "the Vault token from {} is not valid (permission denied on auth/token/lookup-self); get a fresh token",
+            login.origin
+        )),
+        other => other,
+    })?;
+    info.origin = login.origin;
+    Ok((login.token, info))
+}
+
+/// `auth/token/lookup-self`.
+pub(crate) async fn lookup_self(client: &VaultClient, token: &Secret) -> Result<TokenInfo, VaultError> {
+    let resp = client.send(&Request::get("auth/token/lookup-self", "lookup_self"), Some(token)).await?;
+    let data = resp.body.get("data").cloned().unwrap_or(Value::Null);
+    let strings = |key: &str| -> Vec<String> {
+        data.get(key)
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+            .unwrap_or_default()
+    };
+    let mut policies = strings("policies");
+    for p in strings("identity_policies") {
+        if !policies.contains(&p) {
+            policies.push(p);
+        }
+    }
+    let text = |key: &str| data.get(key).and_then(Value::as_str).unwrap_or_default().to_string();
+    Ok(TokenInfo {
+        accessor: text("accessor"),
+        policies,
+        display_name: text("display_name"),
+        ttl_secs: data.get("ttl").and_then(Value::as_u64).unwrap_or(0),
+        creation_ttl_secs: data.get("creation_ttl").and_then(Value::as_u64).unwrap_or(0),
+        renewable: data.get("renewable").and_then(Value::as_bool).unwrap_or(false),
+        expire_time: data.get("expire_time").and_then(Value::as_str).map(str::to_string),
+        token_type: text("type"),
+        origin: String::new(),
+    })
+}
+
+fn file_fingerprint(path: &std::path::Path) -> Option<String> {
+    std::fs::read(path).ok().map(|b| crate::secret::fingerprint(String::from_utf8_lossy(&b).trim().as_bytes()))
+}

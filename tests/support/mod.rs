@@ -1,0 +1,246 @@
+//! Test harness: a real Vault-compatible dev server per test, and small helpers to set it up.
+//!
+//! `DevServer::start()` runs `<bin> server -dev` on a free loopback port with a random root
+//! token and stops it when dropped (panics included). `KEYSYNC_TEST_BAO_BIN` names a prebuilt
+//! binary; otherwise `scripts/dev-server-bin` builds (once) or finds the cached one.
+//! `KEYSYNC_TEST_VAULT_ADDR` + `KEYSYNC_TEST_VAULT_TOKEN` use an external server instead; tests
+//! then keep to their own random mounts and prefixes.
+#![allow(dead_code)]
+
+use rand::Rng as _;
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub struct DevServer {
+    pub addr: String,
+    pub root_token: String,
+    child: Option<Child>,
+    pub log: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// A random lowercase name with a prefix, so tests never collide on a shared server.
+pub fn unique(prefix: &str) -> String {
+    let n: u64 = rand::rng().random();
+    format!("{prefix}-{:012x}", n & 0xffff_ffff_ffff)
+}
+
+fn server_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(bin) = std::env::var("KEYSYNC_TEST_BAO_BIN") {
+            return PathBuf::from(bin);
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/dev-server-bin");
+        let out = Command::new(&script)
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        assert!(out.status.success(), "{} failed; see its output above", script.display());
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
+    .clone()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("no free port")
+}
+
+/// GET a path with plain HTTP/1.0; returns the status code, or None without an answer.
+fn http_status(addr: &str, path: &str) -> Option<u16> {
+    let hostport = addr.trim_start_matches("http://");
+    let mut stream = TcpStream::connect_timeout(&hostport.parse().ok()?, Duration::from_millis(500)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {hostport}\r\n\r\n").ok()?;
+    let mut buf = [0u8; 64];
+    let n = stream.read(&mut buf).ok()?;
+    let head = String::from_utf8_lossy(&buf[..n]);
+    head.split_whitespace().nth(1)?.parse().ok()
+}
+
+impl DevServer {
+    /// Starts a fresh dev server (or attaches to the external one).
+    pub fn start() -> DevServer {
+        if let (Ok(addr), Ok(token)) =
+            (std::env::var("KEYSYNC_TEST_VAULT_ADDR"), std::env::var("KEYSYNC_TEST_VAULT_TOKEN"))
+        {
+            return DevServer { addr, root_token: token, child: None, log: PathBuf::new(), _dir: None };
+        }
+        let bin = server_binary();
+        let mut last_err = String::new();
+        for _attempt in 0..5 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let log = dir.path().join("server.log");
+            let port = free_port();
+            let addr = format!("http://127.0.0.1:{port}");
+            let root_token = unique("root");
+            let log_file = std::fs::File::create(&log).expect("log file");
+            let mut cmd = Command::new(&bin);
+            cmd.args([
+                "server",
+                "-dev",
+                &format!("-dev-root-token-id={root_token}"),
+                &format!("-dev-listen-address=127.0.0.1:{port}"),
+                "-dev-no-store-token",
+            ])
+            .env_remove("VAULT_ADDR")
+            .env_remove("VAULT_TOKEN")
+            .env("HOME", dir.path())
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("log"))
+            .stderr(log_file);
+            // Take the server down with the test process even on SIGKILL.
+            unsafe {
+                use std::os::unix::process::CommandExt;
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+            let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    last_err = format!(
+                        "dev server exited with {status}:\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
+                    break;
+                }
+                if http_status(&addr, "/v1/sys/health") == Some(200) {
+                    return DevServer { addr, root_token, child: Some(child), log, _dir: Some(dir) };
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    last_err = format!(
+                        "dev server not healthy after 60s:\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        panic!("could not start the dev server: {last_err}");
+    }
+
+    pub fn admin(&self) -> Admin {
+        Admin { addr: self.addr.clone(), token: self.root_token.clone(), http: reqwest::Client::new() }
+    }
+
+    /// Stops the server process (for outage tests). No-op on an external server.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for DevServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Root-token calls for setting the server up in tests.
+#[derive(Clone)]
+pub struct Admin {
+    pub addr: String,
+    pub token: String,
+    http: reqwest::Client,
+}
+
+impl Admin {
+    pub fn with_token(&self, token: &str) -> Admin {
+        Admin { token: token.to_string(), ..self.clone() }
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        wrap_ttl: Option<&str>,
+    ) -> (u16, Value) {
+        let url = format!("{}/v1/{}", self.addr, path.trim_start_matches('/'));
+        let mut req = self.http.request(method, url).header("X-Vault-Token", &self.token);
+        if let Some(ttl) = wrap_ttl {
+            req = req.header("X-Vault-Wrap-TTL", ttl);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.unwrap_or_else(|e| panic!("request to {path} failed: {e}"));
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        let value = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, value)
+    }
+
+    /// Any status; for tests that check refusals.
+    pub async fn try_write(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(body), None).await
+    }
+
+    pub async fn write(&self, path: &str, body: Value) -> Value {
+        let (status, value) = self.try_write(path, body).await;
+        assert!((200..300).contains(&status), "POST {path} -> {status}: {value}");
+        value
+    }
+
+    pub async fn write_wrapped(&self, path: &str, body: Value, ttl: &str) -> Value {
+        let (status, value) = self.call(reqwest::Method::POST, path, Some(body), Some(ttl)).await;
+        assert!((200..300).contains(&status), "POST {path} (wrapped) -> {status}: {value}");
+        value
+    }
+
+    pub async fn read(&self, path: &str) -> Value {
+        let (status, value) = self.call(reqwest::Method::GET, path, None, None).await;
+        assert!((200..300).contains(&status), "GET {path} -> {status}: {value}");
+        value
+    }
+
+    pub async fn try_read(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, None, None).await
+    }
+
+    pub async fn enable_auth(&self, mount: &str, kind: &str) {
+        self.write(&format!("sys/auth/{mount}"), serde_json::json!({ "type": kind })).await;
+    }
+
+    pub async fn put_policy(&self, name: &str, hcl: &str) {
+        self.call(
+            reqwest::Method::PUT,
+            &format!("sys/policies/acl/{name}"),
+            Some(serde_json::json!({ "policy": hcl })),
+            None,
+        )
+        .await;
+    }
+
+    /// Creates an AppRole role and returns (role_id, secret_id).
+    pub async fn approle(&self, mount: &str, role: &str, settings: Value) -> (String, String) {
+        self.write(&format!("auth/{mount}/role/{role}"), settings).await;
+        let role_id = self.read(&format!("auth/{mount}/role/{role}/role-id")).await["data"]["role_id"]
+            .as_str()
+            .expect("role_id")
+            .to_string();
+        let secret_id = self.write(&format!("auth/{mount}/role/{role}/secret-id"), serde_json::json!({})).await["data"]
+            ["secret_id"]
+            .as_str()
+            .expect("secret_id")
+            .to_string();
+        (role_id, secret_id)
+    }
+}
