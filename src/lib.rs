@@ -8,4 +8,5 @@ pub mod cli;
 pub mod config;
 pub mod logging;
 pub mod secret;
+pub mod store;
 pub mod vault;

@@ -1,10 +1,15 @@
 //! The `keysync` command line: argument parsing and one function per subcommand.
 
 mod check_config;
+mod import;
+mod keys;
 mod login;
+mod output;
+mod verify;
 
 use crate::config::{self, Config, ConfigSource};
 use crate::logging::{self, LogFormat};
+use crate::store::{default_actor, KeyStore, Kv};
 use crate::vault::{Authenticator, Session, VaultClient, VaultError, VaultSettings};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -12,7 +17,7 @@ use std::sync::Arc;
 
 /// keysync: LLM-provider API keys in Vault / OpenBao, rotated and rendered to files.
 #[derive(Debug, Parser)]
-#[command(name = "keysync", version, about, propagate_version = true)]
+#[command(name = "keysync", version, about)]
 pub struct Cli {
     /// Config file (TOML). Default: ./keysync.toml if it exists.
     #[arg(long, global = true, env = "KEYSYNC_CONFIG", value_name = "FILE")]
@@ -39,6 +44,97 @@ pub enum Command {
     },
     /// Log in to Vault and show the token's accessor, policies, TTL and renewability.
     Login {
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Store a new version of a key (from --file or stdin) and make it current.
+    Put {
+        name: String,
+        /// Read the key from this file (default: stdin; hidden input on a terminal).
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// A provider field stored with the key, e.g. --field base_url=https://api.deepseek.com.
+        #[arg(long = "field", value_name = "K=V")]
+        fields: Vec<String>,
+        /// Write the version as pending; consumers keep the current key.
+        #[arg(long)]
+        no_promote: bool,
+        /// Why (kept in the audit trail).
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Show a key version (masked unless --reveal).
+    Get {
+        name: String,
+        /// A version number (default: the current version).
+        #[arg(long)]
+        version: Option<u64>,
+        /// Print the key itself.
+        #[arg(long)]
+        reveal: bool,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// List keys with their current version, fingerprint and age.
+    List {
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Current / previous / pending versions, grace, disabled and external versions.
+    Status {
+        name: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Every version of a key: created, fingerprint, role, who, why, deleted/destroyed.
+    Audit {
+        name: String,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Check that files hold the current keys (exit 1 on drift).
+    Verify {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Compare with this key only (default: every key).
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Make the previous key current again (only while it is in grace).
+    Rollback {
+        name: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Stop agents from rendering a key (files keep the last good key).
+    Disable { name: String },
+    /// Undo `disable`.
+    Enable { name: String },
+    /// Soft-delete every version of a key (recoverable with `undelete`).
+    Delete { name: String },
+    /// Restore a soft-deleted key.
+    Undelete { name: String },
+    /// Permanently destroy one version's data (its fingerprint stays for audit).
+    Destroy {
+        name: String,
+        #[arg(long)]
+        version: u64,
+        /// Confirm: destroying cannot be undone.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Import many keys from JSON ({"name": "key"}) or a .env file (NAME_API_KEY=key).
+    Import {
+        file: PathBuf,
+        /// Write as pending instead of current.
+        #[arg(long)]
+        no_promote: bool,
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
     },
@@ -112,7 +208,68 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::CheckConfig { output } => check_config::run(&source, output),
         Command::Login { output } => login::run(&source, output).await,
+        Command::Put { name, file, fields, no_promote, reason, output } => {
+            let name = keys::parse_name(&name)?;
+            let fields = keys::parse_fields(&fields)?;
+            let key = keys::read_key(file.as_deref(), &name)?;
+            let store = open_store(&source).await?;
+            keys::put(&store, &name, key, fields, !no_promote, reason, output).await
+        }
+        Command::Get { name, version, reveal, output } => {
+            let name = keys::parse_name(&name)?;
+            keys::get(&open_store(&source).await?, &name, version, reveal, output).await
+        }
+        Command::List { output } => keys::list(&open_store(&source).await?, output).await,
+        Command::Status { name, output } => {
+            let name = name.as_deref().map(keys::parse_name).transpose()?;
+            keys::status(&open_store(&source).await?, name.as_ref(), output).await
+        }
+        Command::Audit { name, output } => {
+            let name = keys::parse_name(&name)?;
+            keys::audit(&open_store(&source).await?, &name, output).await
+        }
+        Command::Verify { files, key, output } => {
+            verify::run(&open_store(&source).await?, &files, key.as_deref(), output).await
+        }
+        Command::Rollback { name, reason, output } => {
+            let name = keys::parse_name(&name)?;
+            keys::rollback(&open_store(&source).await?, &name, reason, output).await
+        }
+        Command::Disable { name } => {
+            let name = keys::parse_name(&name)?;
+            keys::set_disabled(&open_store(&source).await?, &name, true).await
+        }
+        Command::Enable { name } => {
+            let name = keys::parse_name(&name)?;
+            keys::set_disabled(&open_store(&source).await?, &name, false).await
+        }
+        Command::Delete { name } => {
+            let name = keys::parse_name(&name)?;
+            keys::delete(&open_store(&source).await?, &name).await
+        }
+        Command::Undelete { name } => {
+            let name = keys::parse_name(&name)?;
+            keys::undelete(&open_store(&source).await?, &name).await
+        }
+        Command::Destroy { name, version, yes } => {
+            let name = keys::parse_name(&name)?;
+            if !yes {
+                return keys::destroy_refused(&name, version);
+            }
+            keys::destroy(&open_store(&source).await?, &name, version, yes).await
+        }
+        Command::Import { file, no_promote, output } => {
+            import::run(&open_store(&source).await?, &file, !no_promote, output).await
+        }
     }
+}
+
+/// Config, login and the key store, for the key commands.
+async fn open_store(source: &ConfigSource) -> Result<KeyStore, CliError> {
+    let cfg = load_config(source)?;
+    let session = connect(&cfg).await?;
+    let kv = Kv::new(session, &cfg.kv.mount, &cfg.kv.prefix);
+    Ok(KeyStore::new(kv, cfg.rotation.grace.get(), default_actor()))
 }
 
 /// Loads and validates the config.
@@ -131,4 +288,15 @@ pub(crate) async fn connect(cfg: &Config) -> Result<Arc<Session>, CliError> {
 /// Prints a value as pretty JSON on stdout.
 pub(crate) fn print_json(value: &serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }

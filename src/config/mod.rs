@@ -23,6 +23,21 @@ pub const DEFAULT_CONFIG_FILE: &str = "keysync.toml";
 pub struct Config {
     pub vault: VaultConfig,
     pub kv: KvConfig,
+    pub rotation: RotationConfig,
+}
+
+/// `[rotation]`: defaults for every key's rotation policy.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RotationConfig {
+    /// How long the previous key stays valid (and rendered) after a new one is promoted.
+    pub grace: HumanDuration,
+}
+
+impl Default for RotationConfig {
+    fn default() -> Self {
+        RotationConfig { grace: HumanDuration::from_secs(24 * 3600) }
+    }
 }
 
 /// How to reach Vault and log in.

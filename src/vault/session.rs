@@ -158,7 +158,16 @@ impl Session {
     /// Sends a request with the session token; a 2xx answer or an error. A 403 becomes
     /// [`VaultError::PermissionDenied`] after the token is found alive.
     pub async fn request(&self, req: &Request) -> Result<Response, VaultError> {
+        self.request_allowing(req, &[]).await
+    }
+
+    /// Like [`Self::request`], but answers with a status in `allowed` are returned as they
+    /// are (KV reads answer 404 with a body for deleted and destroyed versions).
+    pub async fn request_allowing(&self, req: &Request, allowed: &[u16]) -> Result<Response, VaultError> {
         let resp = self.request_raw(req).await?;
+        if allowed.contains(&resp.status) {
+            return Ok(resp);
+        }
         if resp.status == 403 {
             let (method, path) = req.describe();
             return Err(VaultError::PermissionDenied {

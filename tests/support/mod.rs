@@ -220,13 +220,10 @@ impl Admin {
     }
 
     pub async fn put_policy(&self, name: &str, hcl: &str) {
-        self.call(
-            reqwest::Method::PUT,
-            &format!("sys/policies/acl/{name}"),
-            Some(serde_json::json!({ "policy": hcl })),
-            None,
-        )
-        .await;
+        let path = format!("sys/policies/acl/{name}");
+        let (status, body) =
+            self.call(reqwest::Method::PUT, &path, Some(serde_json::json!({ "policy": hcl })), None).await;
+        assert!((200..300).contains(&status), "policy {name} refused: {status} {body}");
     }
 
     /// Creates an AppRole role and returns (role_id, secret_id).
@@ -242,5 +239,101 @@ impl Admin {
             .expect("secret_id")
             .to_string();
         (role_id, secret_id)
+    }
+}
+
+/// Runs the `keysync` binary against a server with a token; returns (exit code, stdout,
+/// stderr) after checking that no output shows more than 8 characters of any of `secrets`.
+pub struct Cli {
+    pub addr: String,
+    pub token: String,
+    pub dir: PathBuf,
+    /// Values that must never appear in output (unless a test asks for `--reveal`).
+    pub secrets: Vec<String>,
+}
+
+impl Cli {
+    pub fn new(server: &DevServer, token: &str, dir: &Path) -> Cli {
+        Cli { addr: server.addr.clone(), token: token.to_string(), dir: dir.to_path_buf(), secrets: Vec::new() }
+    }
+
+    pub fn command(&self, args: &[&str]) -> assert_cmd::Command {
+        let mut cmd = assert_cmd::Command::cargo_bin("keysync").expect("keysync binary");
+        cmd.current_dir(&self.dir)
+            .env("VAULT_ADDR", &self.addr)
+            .env("VAULT_TOKEN", &self.token)
+            .env("HOME", &self.dir)
+            .env("KEYSYNC_AGENT_ID", "test-cli")
+            .env_remove("KEYSYNC_CONFIG")
+            .args(args);
+        cmd
+    }
+
+    /// Runs with `stdin` and checks the output for leaks (unless `--reveal` is in `args`).
+    pub fn run_with_stdin(&self, args: &[&str], stdin: &str) -> (i32, String, String) {
+        let out = self.command(args).write_stdin(stdin.to_string()).output().expect("run keysync");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!stderr.contains("panicked"), "keysync {args:?} panicked: {stderr}");
+        if !args.contains(&"--reveal") {
+            for s in self.secrets.iter().chain([&self.token]) {
+                assert_no_leak(s, &stdout, &format!("stdout of keysync {args:?}"));
+                assert_no_leak(s, &stderr, &format!("stderr of keysync {args:?}"));
+            }
+        }
+        (out.status.code().unwrap_or(-1), stdout, stderr)
+    }
+
+    pub fn run(&self, args: &[&str]) -> (i32, String, String) {
+        self.run_with_stdin(args, "")
+    }
+
+    /// Runs, expects exit 0, returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let (code, stdout, stderr) = self.run(args);
+        assert_eq!(code, 0, "keysync {args:?} failed: {stderr}");
+        stdout
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--output", "json"]);
+        let out = self.ok(&all);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("keysync {args:?} JSON: {e}: {out}"))
+    }
+}
+
+/// No 9-character run of `secret` may appear in `text`: masks show at most 8.
+pub fn assert_no_leak(secret: &str, text: &str, what: &str) {
+    let chars: Vec<char> = secret.chars().collect();
+    if chars.len() < 9 {
+        assert!(!text.contains(secret), "{what} shows a secret");
+        return;
+    }
+    for window in chars.windows(9) {
+        let piece: String = window.iter().collect();
+        assert!(!text.contains(&piece), "{what} shows 9+ characters of a secret ({piece:?} …)");
+    }
+}
+
+/// A token with the given policies (no default policy, so the matrix is exact... plus the
+/// default policy for lookup-self/renew-self, which every real token has).
+pub async fn token_with_policies(admin: &Admin, policies: &[&str]) -> String {
+    admin.write("auth/token/create", serde_json::json!({ "policies": policies, "ttl": "1h" })).await["auth"]
+        ["client_token"]
+        .as_str()
+        .expect("client_token")
+        .to_string()
+}
+
+/// Loads every file of `policies/` into the server under its file name.
+pub async fn load_repo_policies(admin: &Admin) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    for entry in std::fs::read_dir(&dir).expect("policies/") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "hcl") {
+            let name = path.file_stem().unwrap().to_string_lossy().to_string();
+            admin.put_policy(&name, &std::fs::read_to_string(&path).unwrap()).await;
+        }
     }
 }

@@ -1,0 +1,466 @@
+//! The key store: each provider key is one KV v2 secret whose versions are its history, and
+//! whose `custom_metadata` says which version is current, previous (in grace) and pending.
+//!
+//! Every new version is written with check-and-set, so of several writers exactly one wins;
+//! state changes are merge-PATCHes of only the fields that changed.
+
+mod kv;
+mod name;
+mod state;
+
+pub use kv::{KeyData, Kv, Metadata, VersionMeta, VersionRead};
+pub use name::KeyName;
+pub use state::{is_fingerprint, RotationState, StateError, MAX_FINGERPRINTS, SCHEMA_FIELD};
+
+use crate::secret::Secret;
+use crate::vault::VaultError;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use std::time::Duration;
+
+/// Data fields keysync adds to each version it writes: who wrote it and why. KV versions are
+/// immutable, so this provenance cannot drift; renderers leave these fields out.
+pub const WRITTEN_BY_FIELD: &str = "keysync_by";
+pub const REASON_FIELD: &str = "keysync_reason";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("key {0} does not exist; create it with `keysync put {0}`")]
+    NotFound(KeyName),
+    /// Lost a check-and-set race: nothing was written.
+    #[error("another writer got there first: {name} is now at version {winner_version} (written by {winner}); nothing was written — run the command again to build on that version")]
+    Conflict { name: KeyName, winner_version: u64, winner: String },
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// The role of one version, as `status` and `audit` show it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Current,
+    Previous,
+    Pending,
+    /// Failed validation; never promoted.
+    Failed,
+    /// Written by keysync, no longer in use.
+    Retired,
+    /// Not written by keysync (e.g. `bao kv put`).
+    External,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Current => "current",
+            Role::Previous => "previous",
+            Role::Pending => "pending",
+            Role::Failed => "failed",
+            Role::Retired => "retired",
+            Role::External => "external",
+        }
+    }
+}
+
+/// A key's metadata and decoded rotation state.
+#[derive(Clone, Debug)]
+pub struct KeyRecord {
+    pub name: KeyName,
+    pub meta: Metadata,
+    pub state: RotationState,
+}
+
+impl KeyRecord {
+    /// The role of `version` judged from metadata alone.
+    pub fn role(&self, version: u64) -> Role {
+        let s = &self.state;
+        if s.current == Some(version) {
+            Role::Current
+        } else if s.previous == Some(version) {
+            Role::Previous
+        } else if s.pending == Some(version) {
+            Role::Pending
+        } else if s.failed.contains(&version) {
+            Role::Failed
+        } else if s.fingerprints.contains_key(&version) {
+            Role::Retired
+        } else if s.fingerprints.keys().next().is_some_and(|oldest| version < *oldest) {
+            // Older than every fingerprint kept: keysync's own history, pruned.
+            Role::Retired
+        } else {
+            Role::External
+        }
+    }
+
+    /// Live versions keysync did not write.
+    pub fn external_versions(&self) -> Vec<u64> {
+        self.meta
+            .versions
+            .iter()
+            .filter(|(v, m)| m.is_live() && self.role(**v) == Role::External)
+            .map(|(v, _)| *v)
+            .collect()
+    }
+
+    /// When the current version became current (or was written).
+    pub fn current_since(&self) -> Option<DateTime<Utc>> {
+        let current = self.state.current?;
+        self.state.rotated_at.or_else(|| self.meta.versions.get(&current).and_then(|m| m.created_time))
+    }
+}
+
+/// What `put` did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PutOutcome {
+    pub name: KeyName,
+    pub version: u64,
+    pub fingerprint: String,
+    pub promoted: bool,
+    /// The version that became previous (in grace), if any.
+    pub previous: Option<u64>,
+    /// The key already was current: nothing written.
+    pub unchanged: bool,
+}
+
+/// Options of [`KeyStore::put`].
+#[derive(Clone, Debug)]
+pub struct PutOptions {
+    /// Make the new version current (else it stays pending).
+    pub promote: bool,
+    pub reason: String,
+    /// Carry over the current version's provider fields that the new data does not set.
+    pub keep_fields: bool,
+}
+
+/// Keys in KV v2 under one mount and prefix, with the grace and identity to use for changes.
+#[derive(Clone, Debug)]
+pub struct KeyStore {
+    kv: Kv,
+    grace: Duration,
+    actor: String,
+}
+
+impl KeyStore {
+    pub fn new(kv: Kv, grace: Duration, actor: impl Into<String>) -> Self {
+        KeyStore { kv, grace, actor: actor.into() }
+    }
+
+    pub fn kv(&self) -> &Kv {
+        &self.kv
+    }
+
+    pub fn actor(&self) -> &str {
+        &self.actor
+    }
+
+    pub async fn list(&self) -> Result<Vec<KeyName>, StoreError> {
+        Ok(self.kv.list().await?)
+    }
+
+    /// Metadata and state of a key; `None` when it does not exist.
+    pub async fn record(&self, name: &KeyName) -> Result<Option<KeyRecord>, StoreError> {
+        let Some(meta) = self.kv.metadata(name).await? else { return Ok(None) };
+        let state = RotationState::decode(name.as_str(), &meta.custom)?;
+        Ok(Some(KeyRecord { name: name.clone(), meta, state }))
+    }
+
+    pub async fn require(&self, name: &KeyName) -> Result<KeyRecord, StoreError> {
+        self.record(name).await?.ok_or_else(|| StoreError::NotFound(name.clone()))
+    }
+
+    pub async fn read(&self, name: &KeyName, version: u64) -> Result<VersionRead, StoreError> {
+        Ok(self.kv.read(name, version).await?)
+    }
+
+    /// Writes a new version (CAS on the latest) and records its fingerprint; promotes it to
+    /// current unless `opts.promote` is false, moving the old current to previous with grace.
+    pub async fn put(&self, name: &KeyName, data: KeyData, opts: &PutOptions) -> Result<PutOutcome, StoreError> {
+        validate_api_key(name, &data.api_key)?;
+        let record = self.record(name).await?;
+        self.put_from(name, data, opts, record).await
+    }
+
+    /// [`Self::put`] building on a record read earlier. If the key changed since, the CAS
+    /// write fails and the result is [`StoreError::Conflict`] naming the winner.
+    pub async fn put_from(
+        &self,
+        name: &KeyName,
+        mut data: KeyData,
+        opts: &PutOptions,
+        record: Option<KeyRecord>,
+    ) -> Result<PutOutcome, StoreError> {
+        validate_api_key(name, &data.api_key)?;
+        let fingerprint = data.api_key.fingerprint();
+        let (before, latest) = match &record {
+            Some(r) => (r.state.clone(), r.meta.current_version),
+            None => (RotationState::default(), 0),
+        };
+        if let Some(current) = before.current {
+            if opts.promote && before.fingerprints.get(&current) == Some(&fingerprint) {
+                return Ok(PutOutcome {
+                    name: name.clone(),
+                    version: current,
+                    fingerprint,
+                    promoted: false,
+                    previous: before.previous,
+                    unchanged: true,
+                });
+            }
+            if opts.keep_fields {
+                if let VersionRead::Live(old) = self.kv.read(name, current).await? {
+                    for (k, v) in old.fields {
+                        if !is_provenance_field(&k) {
+                            data.fields.entry(k).or_insert(v);
+                        }
+                    }
+                }
+            }
+        }
+        data.fields.insert(WRITTEN_BY_FIELD.into(), Value::String(self.actor.clone()));
+        data.fields.insert(REASON_FIELD.into(), Value::String(opts.reason.clone()));
+        let version = match self.kv.write(name, &data, latest).await {
+            Ok(v) => v,
+            Err(VaultError::CasConflict { .. }) => return Err(self.conflict(name).await),
+            Err(e) => return Err(e.into()),
+        };
+        let now = Utc::now();
+        let mut after = before.clone();
+        after.managed = true;
+        after.fingerprints.insert(version, fingerprint.clone());
+        let mut previous = None;
+        if opts.promote {
+            previous = before.current;
+            after.previous = before.current;
+            after.grace_until = before.current.map(|_| now + chrono_duration(self.grace));
+            after.current = Some(version);
+            if after.pending.is_some_and(|p| p <= version) {
+                after.pending = None;
+            }
+            after.rotated_at = Some(now);
+            after.rotated_by = Some(self.actor.clone());
+            after.reason = Some(opts.reason.clone());
+        } else {
+            after.pending = Some(version);
+        }
+        after.prune(record.as_ref().map_or(1, |r| r.meta.oldest_version));
+        self.kv.patch_custom_metadata(name, after.merge_patch(&before)).await?;
+        Ok(PutOutcome { name: name.clone(), version, fingerprint, promoted: opts.promote, previous, unchanged: false })
+    }
+
+    /// After a lost CAS: who won?
+    async fn conflict(&self, name: &KeyName) -> StoreError {
+        match self.record(name).await {
+            Ok(Some(r)) => {
+                let v = r.meta.current_version;
+                let winner = match self.kv.read(name, v).await {
+                    Ok(VersionRead::Live(d)) => d
+                        .fields
+                        .get(WRITTEN_BY_FIELD)
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                        .unwrap_or_else(|| "a writer outside keysync".into()),
+                    _ => "unknown".into(),
+                };
+                StoreError::Conflict { name: name.clone(), winner_version: v, winner }
+            }
+            Ok(None) => StoreError::Refused(format!("key {name} changed during the write and is now gone")),
+            Err(e) => e,
+        }
+    }
+
+    /// The current version's number and data (consumers follow `current`, never KV's latest).
+    pub async fn current(&self, name: &KeyName) -> Result<(KeyRecord, u64, KeyData), StoreError> {
+        let record = self.require(name).await?;
+        let Some(current) = record.state.current else {
+            return Err(StoreError::Refused(format!(
+                "key {name} has no current version (written outside keysync?); promote one with `keysync put {name}`"
+            )));
+        };
+        match self.kv.read(name, current).await? {
+            VersionRead::Live(data) => Ok((record, current, data)),
+            VersionRead::Deleted => Err(StoreError::Refused(format!(
+                "the current version {current} of {name} is soft-deleted; `keysync undelete {name}` restores it"
+            ))),
+            VersionRead::Destroyed | VersionRead::Missing => Err(StoreError::Refused(format!(
+                "the current version {current} of {name} is destroyed; put a new key with `keysync put {name}`"
+            ))),
+        }
+    }
+
+    /// Reads state, lets `change` edit it, and PATCHes what changed. Returns the new state.
+    pub async fn update_state(
+        &self,
+        name: &KeyName,
+        change: impl FnOnce(&KeyRecord, &mut RotationState) -> Result<(), StoreError>,
+    ) -> Result<RotationState, StoreError> {
+        let record = self.require(name).await?;
+        let mut after = record.state.clone();
+        change(&record, &mut after)?;
+        after.managed = true;
+        after.prune(record.meta.oldest_version);
+        self.kv.patch_custom_metadata(name, after.merge_patch(&record.state)).await?;
+        Ok(after)
+    }
+
+    /// Swaps current and previous while previous is still in grace.
+    pub async fn rollback(&self, name: &KeyName, reason: &str) -> Result<RotationState, StoreError> {
+        let now = Utc::now();
+        let actor = self.actor.clone();
+        // Check first that the version we switch to still has data.
+        let record = self.require(name).await?;
+        let target = match (record.state.previous, record.state.in_grace(now)) {
+            (Some(p), true) => p,
+            (Some(p), false) => {
+                return Err(StoreError::Refused(format!(
+                    "the grace period of {name}'s previous version {p} ended{}; it may already be revoked — put a working key with `keysync put {name}` instead",
+                    record.state.grace_until.map(|g| format!(" at {g}")).unwrap_or_default()
+                )))
+            }
+            (None, _) => {
+                return Err(StoreError::Refused(format!(
+                    "{name} has no previous version to roll back to; put a working key with `keysync put {name}`"
+                )))
+            }
+        };
+        if !matches!(self.kv.read(name, target).await?, VersionRead::Live(_)) {
+            return Err(StoreError::Refused(format!(
+                "previous version {target} of {name} is deleted or destroyed; cannot roll back to it"
+            )));
+        }
+        let reason = reason.to_string();
+        self.update_state(name, move |r, s| {
+            if r.state.previous != Some(target) {
+                return Err(StoreError::Refused(format!("{name} changed while rolling back; run the command again")));
+            }
+            s.previous = r.state.current;
+            s.current = Some(target);
+            s.rotated_at = Some(now);
+            s.rotated_by = Some(actor);
+            s.reason = Some(reason);
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn set_disabled(&self, name: &KeyName, disabled: bool) -> Result<RotationState, StoreError> {
+        let actor = self.actor.clone();
+        tracing::info!(key = %name, disabled, by = %actor, "changing the disabled flag");
+        self.update_state(name, move |_, s| {
+            s.disabled = disabled;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Soft-deletes every live version (undelete brings them back). Returns the versions.
+    pub async fn delete(&self, name: &KeyName) -> Result<Vec<u64>, StoreError> {
+        let record = self.require(name).await?;
+        let live: Vec<u64> = record.meta.versions.iter().filter(|(_, m)| m.is_live()).map(|(v, _)| *v).collect();
+        self.kv.delete_versions(name, &live).await?;
+        Ok(live)
+    }
+
+    /// Restores every soft-deleted (not destroyed) version.
+    pub async fn undelete(&self, name: &KeyName) -> Result<Vec<u64>, StoreError> {
+        let record = self.require(name).await?;
+        let deleted: Vec<u64> = record
+            .meta
+            .versions
+            .iter()
+            .filter(|(_, m)| m.deletion_time.is_some() && !m.destroyed)
+            .map(|(v, _)| *v)
+            .collect();
+        self.kv.undelete(name, &deleted).await?;
+        Ok(deleted)
+    }
+
+    /// Destroys one version's data for good; its fingerprint stays for audit. The current
+    /// version cannot be destroyed: consumers would lose their key.
+    pub async fn destroy(&self, name: &KeyName, version: u64) -> Result<(), StoreError> {
+        let record = self.require(name).await?;
+        if !record.meta.versions.contains_key(&version) {
+            let known: Vec<String> = record.meta.versions.keys().map(u64::to_string).collect();
+            return Err(StoreError::Refused(format!(
+                "{name} has no version {version} (versions: {}); see `keysync audit {name}`",
+                if known.is_empty() { "none".into() } else { known.join(", ") }
+            )));
+        }
+        if record.state.current == Some(version) {
+            return Err(StoreError::Refused(format!(
+                "version {version} is the current key of {name}; consumers use it — put a new key (or roll back) first"
+            )));
+        }
+        self.kv.destroy(name, &[version]).await?;
+        Ok(())
+    }
+}
+
+/// keysync's provenance fields in version data.
+pub fn is_provenance_field(name: &str) -> bool {
+    name == WRITTEN_BY_FIELD || name == REASON_FIELD
+}
+
+/// An API key must be one line of visible characters: a stray newline or space from a copy
+/// and paste would break every consumer.
+pub fn validate_api_key(name: &KeyName, key: &Secret) -> Result<(), StoreError> {
+    let k = key.expose();
+    if k.is_empty() {
+        return Err(StoreError::Refused(format!("the key given for {name} is empty")));
+    }
+    if k.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(StoreError::Refused(format!(
+            "the key given for {name} contains whitespace or control characters (fingerprint {}); pass the bare key",
+            crate::secret::short_fingerprint(&key.fingerprint())
+        )));
+    }
+    if k.len() > 8192 {
+        return Err(StoreError::Refused(format!(
+            "the key given for {name} is {} bytes; API keys are far shorter",
+            k.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Who is making changes: `KEYSYNC_AGENT_ID`, else `user@host`.
+pub fn default_actor() -> String {
+    if let Ok(id) = std::env::var("KEYSYNC_AGENT_ID") {
+        if !id.trim().is_empty() {
+            return id.trim().to_string();
+        }
+    }
+    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| user_name_of_uid());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "localhost".into());
+    format!("{user}@{host}")
+}
+
+pub fn chrono_duration(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+/// The login name of the current uid from the passwd database, else `uid<N>`.
+fn user_name_of_uid() -> String {
+    // SAFETY: getpwuid_r writes into our buffer and struct; we read pw_name only on success.
+    unsafe {
+        let uid = libc::getuid();
+        let mut pwd: libc::passwd = std::mem::zeroed();
+        let mut buf = vec![0 as libc::c_char; 4096];
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        if libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) == 0
+            && !result.is_null()
+            && !pwd.pw_name.is_null()
+        {
+            if let Ok(name) = std::ffi::CStr::from_ptr(pwd.pw_name).to_str() {
+                return name.to_string();
+            }
+        }
+        format!("uid{uid}")
+    }
+}
