@@ -2,7 +2,7 @@
 # (put, import, rollback, disable/enable, delete/undelete, destroy).
 
 path "secret/data/keysync/*" {
-  capabilities = ["create", "read", "update"]
+  capabilities = ["create", "read", "update", "patch"]
 }
 
 path "secret/metadata/keysync/*" {

@@ -4,7 +4,7 @@
 # Mount `secret` and prefix `keysync` are keysync's defaults: change both paths if you change them.
 
 path "secret/data/keysync/*" {
-  capabilities = ["create", "read", "update"]
+  capabilities = ["create", "read", "update", "patch"]
 }
 
 path "secret/metadata/keysync/*" {

@@ -9,4 +9,5 @@ pub mod config;
 pub mod logging;
 pub mod secret;
 pub mod store;
+pub mod telemetry;
 pub mod vault;

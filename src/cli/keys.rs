@@ -105,9 +105,11 @@ pub async fn get(
     let record = store.require(name).await?;
     let version = match version.or(record.state.current) {
         Some(v) => v,
-        None => return Err(CliError::failed(format!(
+        None => {
+            return Err(CliError::failed(format!(
             "{name} has no current version (written outside keysync?); pass --version N (see `keysync audit {name}`)"
-        ))),
+        )))
+        }
     };
     if !record.meta.versions.contains_key(&version) {
         return Err(CliError::usage(format!(

@@ -90,6 +90,11 @@ impl Kv {
         &self.session
     }
 
+    /// The change index under the same mount and prefix.
+    pub fn index(&self) -> super::Index {
+        super::Index::new(self.session.clone(), &self.mount, &self.prefix)
+    }
+
     /// `<mount>/<kind>/<prefix>/<name>`: the path of a key under one KV v2 endpoint.
     pub fn path(&self, kind: &str, name: &KeyName) -> String {
         format!("{}/{kind}/{}/{name}", self.mount, self.prefix)

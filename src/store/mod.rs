@@ -4,10 +4,12 @@
 //! Every new version is written with check-and-set, so of several writers exactly one wins;
 //! state changes are merge-PATCHes of only the fields that changed.
 
+mod index;
 mod kv;
 mod name;
 mod state;
 
+pub use index::{Index, IndexEntry, IndexSnapshot, INDEX_NAME};
 pub use kv::{KeyData, Kv, Metadata, VersionMeta, VersionRead};
 pub use name::KeyName;
 pub use state::{is_fingerprint, RotationState, StateError, MAX_FINGERPRINTS, SCHEMA_FIELD};
@@ -248,6 +250,9 @@ impl KeyStore {
         }
         after.prune(record.as_ref().map_or(1, |r| r.meta.oldest_version));
         self.kv.patch_custom_metadata(name, after.merge_patch(&before)).await?;
+        if opts.promote {
+            self.publish(name, &after, false).await;
+        }
         Ok(PutOutcome { name: name.clone(), version, fingerprint, promoted: opts.promote, previous, unchanged: false })
     }
 
@@ -303,7 +308,18 @@ impl KeyStore {
         after.managed = true;
         after.prune(record.meta.oldest_version);
         self.kv.patch_custom_metadata(name, after.merge_patch(&record.state)).await?;
+        let deleted = after.current.and_then(|c| record.meta.versions.get(&c)).is_some_and(|m| !m.is_live());
+        self.publish(name, &after, deleted).await;
         Ok(after)
+    }
+
+    /// Tells agents about a change through the index. The change itself is already stored;
+    /// if the index cannot be updated, agents still see it at their next full sync.
+    pub async fn publish(&self, name: &KeyName, state: &RotationState, deleted: bool) {
+        let entry = IndexEntry::from_state(state, deleted);
+        if let Err(e) = self.kv.index().update(name, &entry).await {
+            tracing::warn!(key = %name, error = %e, "stored the change but could not update the change index; agents will see it at their next full sync");
+        }
     }
 
     /// Swaps current and previous while previous is still in grace.
@@ -361,6 +377,7 @@ impl KeyStore {
         let record = self.require(name).await?;
         let live: Vec<u64> = record.meta.versions.iter().filter(|(_, m)| m.is_live()).map(|(v, _)| *v).collect();
         self.kv.delete_versions(name, &live).await?;
+        self.publish(name, &record.state, true).await;
         Ok(live)
     }
 
@@ -375,6 +392,7 @@ impl KeyStore {
             .map(|(v, _)| *v)
             .collect();
         self.kv.undelete(name, &deleted).await?;
+        self.publish(name, &record.state, false).await;
         Ok(deleted)
     }
 

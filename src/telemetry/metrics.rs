@@ -1,0 +1,257 @@
+//! Prometheus metrics. One [`Metrics`] per process, shared by the sync loop, the rotation
+//! engine and the HTTP endpoint. Vault request counts are read from the client's own counters
+//! at scrape time, so they are never counted twice.
+
+use crate::vault::VaultClient;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyLabel {
+    pub key: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabel {
+    pub sink: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkResultLabel {
+    pub sink: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyResultLabel {
+    pub key: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyReasonLabel {
+    pub key: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VaultLabel {
+    op: String,
+    status: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// Every metric keysync exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub key_current_version: Family<KeyLabel, Gauge>,
+    pub key_age_seconds: Family<KeyLabel, FloatGauge>,
+    pub sink_render_total: Family<SinkResultLabel, Counter>,
+    pub sink_last_success_timestamp_seconds: Family<SinkLabel, FloatGauge>,
+    pub sink_key_missing_total: Family<SinkLabel, Counter>,
+    pub sync_duration_seconds: Histogram,
+    pub token_ttl_seconds: FloatGauge,
+    pub last_successful_sync_timestamp_seconds: FloatGauge,
+    pub sync_failures_total: Counter,
+    pub hook_runs_total: Family<SinkResultLabel, Counter>,
+    pub rotations_total: Family<KeyResultLabel, Counter>,
+    pub key_next_rotation_timestamp_seconds: Family<KeyLabel, FloatGauge>,
+    pub key_rotation_overdue: Family<KeyLabel, Gauge>,
+    pub validation_failures_total: Family<KeyReasonLabel, Counter>,
+    vault_clients: Arc<Mutex<Vec<VaultClient>>>,
+}
+
+/// Names of every metric family, as exported (for docs and the dashboard check).
+pub const METRIC_NAMES: &[&str] = &[
+    "keysync_key_current_version",
+    "keysync_key_age_seconds",
+    "keysync_sink_render_total",
+    "keysync_sink_last_success_timestamp_seconds",
+    "keysync_sink_key_missing_total",
+    "keysync_sync_duration_seconds",
+    "keysync_token_ttl_seconds",
+    "keysync_last_successful_sync_timestamp_seconds",
+    "keysync_sync_failures_total",
+    "keysync_hook_runs_total",
+    "keysync_rotations_total",
+    "keysync_key_next_rotation_timestamp_seconds",
+    "keysync_key_rotation_overdue",
+    "keysync_validation_failures_total",
+    "keysync_vault_requests_total",
+];
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            key_current_version: Family::default(),
+            key_age_seconds: Family::default(),
+            sink_render_total: Family::default(),
+            sink_last_success_timestamp_seconds: Family::default(),
+            sink_key_missing_total: Family::default(),
+            sync_duration_seconds: Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            token_ttl_seconds: FloatGauge::default(),
+            last_successful_sync_timestamp_seconds: FloatGauge::default(),
+            sync_failures_total: Counter::default(),
+            hook_runs_total: Family::default(),
+            rotations_total: Family::default(),
+            key_next_rotation_timestamp_seconds: Family::default(),
+            key_rotation_overdue: Family::default(),
+            validation_failures_total: Family::default(),
+            vault_clients: Arc::new(Mutex::new(Vec::new())),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "keysync_key_current_version",
+            "Version number of each key's current version",
+            m.key_current_version.clone(),
+        );
+        r.register(
+            "keysync_key_age_seconds",
+            "Seconds since each key's current version was promoted",
+            m.key_age_seconds.clone(),
+        );
+        r.register(
+            "keysync_sink_render",
+            "Sink renders by result (written, unchanged, failed, removed, kept)",
+            m.sink_render_total.clone(),
+        );
+        r.register(
+            "keysync_sink_last_success_timestamp_seconds",
+            "Unix time of each sink's last successful render",
+            m.sink_last_success_timestamp_seconds.clone(),
+        );
+        r.register(
+            "keysync_sink_key_missing",
+            "Renders skipped because a key was missing, disabled or deleted (the last good file is kept unless on_missing = remove)",
+            m.sink_key_missing_total.clone(),
+        );
+        r.register("keysync_sync_duration_seconds", "Duration of one sync pass", m.sync_duration_seconds.clone());
+        r.register(
+            "keysync_token_ttl_seconds",
+            "Seconds left on the Vault token (0 = never expires)",
+            m.token_ttl_seconds.clone(),
+        );
+        r.register(
+            "keysync_last_successful_sync_timestamp_seconds",
+            "Unix time of the last sync pass that reached Vault",
+            m.last_successful_sync_timestamp_seconds.clone(),
+        );
+        r.register(
+            "keysync_sync_failures",
+            "Sync passes that could not reach Vault or read the index",
+            m.sync_failures_total.clone(),
+        );
+        r.register(
+            "keysync_hook_runs",
+            "on_change hook runs by result (ok, failed, timeout)",
+            m.hook_runs_total.clone(),
+        );
+        r.register("keysync_rotations", "Rotations by result", m.rotations_total.clone());
+        r.register(
+            "keysync_key_next_rotation_timestamp_seconds",
+            "Unix time of each key's next scheduled rotation",
+            m.key_next_rotation_timestamp_seconds.clone(),
+        );
+        r.register(
+            "keysync_key_rotation_overdue",
+            "1 when a key is older than its max_age",
+            m.key_rotation_overdue.clone(),
+        );
+        r.register(
+            "keysync_validation_failures",
+            "Key validations that failed, by reason",
+            m.validation_failures_total.clone(),
+        );
+        r.register_collector(Box::new(VaultRequests(m.vault_clients.clone())));
+        Metrics { registry, ..m }
+    }
+
+    /// Counts this client's requests in `keysync_vault_requests_total`.
+    pub fn track_vault_client(&self, client: &VaultClient) {
+        if let Ok(mut clients) = self.vault_clients.lock() {
+            clients.push(client.clone());
+        }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Reads the Vault clients' request counters at scrape time.
+#[derive(Debug)]
+struct VaultRequests(Arc<Mutex<Vec<VaultClient>>>);
+
+impl prometheus_client::collector::Collector for VaultRequests {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut totals = std::collections::BTreeMap::new();
+        if let Ok(clients) = self.0.lock() {
+            for c in clients.iter() {
+                for ((op, status), n) in c.stats().snapshot() {
+                    *totals.entry((op, status)).or_insert(0u64) += n;
+                }
+            }
+        }
+        let counter = ConstCounter::new(0u64);
+        let mut family = encoder.encode_descriptor(
+            "keysync_vault_requests",
+            "Vault requests by operation and HTTP status (0 = no answer)",
+            None,
+            counter.metric_type(),
+        )?;
+        for ((op, status), n) in totals {
+            let labels = VaultLabel { op: op.to_string(), status: status.to_string() };
+            ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_metric_is_exported() {
+        let m = Metrics::new();
+        let key = KeyLabel { key: "k".into() };
+        m.key_current_version.get_or_create(&key).set(1);
+        m.key_age_seconds.get_or_create(&key).set(1.0);
+        let sink = SinkLabel { sink: "/s".into() };
+        let sr = SinkResultLabel { sink: "/s".into(), result: "written".into() };
+        m.sink_render_total.get_or_create(&sr).inc();
+        m.sink_last_success_timestamp_seconds.get_or_create(&sink).set(1.0);
+        m.sink_key_missing_total.get_or_create(&sink).inc();
+        m.hook_runs_total.get_or_create(&sr).inc();
+        m.rotations_total.get_or_create(&KeyResultLabel { key: "k".into(), result: "ok".into() }).inc();
+        m.key_next_rotation_timestamp_seconds.get_or_create(&key).set(1.0);
+        m.key_rotation_overdue.get_or_create(&key).set(0);
+        m.validation_failures_total.get_or_create(&KeyReasonLabel { key: "k".into(), reason: "invalid".into() }).inc();
+        let text = m.encode();
+        for name in METRIC_NAMES {
+            let base = name.trim_end_matches("_total");
+            assert!(text.contains(&format!("# TYPE {base} ")), "{name} missing:\n{text}");
+        }
+    }
+}

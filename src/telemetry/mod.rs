@@ -1,0 +1,7 @@
+//! Metrics and health endpoints.
+
+mod health;
+mod metrics;
+
+pub use health::{serve, Health};
+pub use metrics::{KeyLabel, KeyReasonLabel, KeyResultLabel, Metrics, SinkLabel, SinkResultLabel, METRIC_NAMES};
