@@ -7,5 +7,6 @@
 pub mod cli;
 pub mod config;
 pub mod logging;
+pub mod render;
 pub mod secret;
 pub mod vault;
