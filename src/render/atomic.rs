@@ -154,8 +154,10 @@ pub fn remove_if_present(path: &Path) -> Result<bool, RenderError> {
     }
 }
 
-/// Creates the missing directories above `path` (for `create_dirs`): 0700, or 0750 when a
-/// group should read the files, owned by `owner`. Existing directories are left as they are.
+/// Creates the missing directories above `path` (for `create_dirs`): 0700, or 0750 with the
+/// configured group when a group should read the files. They stay owned by keysync's user, not
+/// `owner`: an app user owning the directory could swap files in it. Existing directories are
+/// left as they are.
 pub fn create_parent_dirs(path: &Path, owner: &FileOwner) -> Result<(), RenderError> {
     let dir = parent_of(path)?;
     create_dir_chain(path, &dir, owner)
@@ -181,9 +183,9 @@ pub(crate) fn create_dir_chain(path: &Path, dir: &Path, owner: &FileOwner) -> Re
         }
         fs::set_permissions(d, fs::Permissions::from_mode(mode))
             .map_err(|e| RenderError::io(path, "set a created directory's mode", e))?;
-        if owner.is_set() {
-            nix::unistd::chown(d, owner.uid.map(Uid::from_raw), owner.gid.map(Gid::from_raw))
-                .map_err(|e| RenderError::io(path, "chown a created directory", io::Error::from(e)))?;
+        if let Some(gid) = owner.gid {
+            nix::unistd::chown(d, None, Some(Gid::from_raw(gid)))
+                .map_err(|e| RenderError::io(path, "set a created directory's group", io::Error::from(e)))?;
         }
     }
     Ok(())
@@ -555,9 +557,10 @@ pub(crate) mod tests {
         assert_eq!(mode_of(&dir.path().join("a")), 0o700);
         assert_eq!(mode_of(&dir.path().join("a/b")), 0o700);
         let q = dir.path().join("g/key");
-        create_parent_dirs(&q, &FileOwner { uid: None, gid: Some(4321) }).unwrap();
+        create_parent_dirs(&q, &FileOwner { uid: Some(1234), gid: Some(4321) }).unwrap();
         assert_eq!(mode_of(&dir.path().join("g")), 0o750);
-        assert_eq!(fs::metadata(dir.path().join("g")).unwrap().gid(), 4321);
+        let m = fs::metadata(dir.path().join("g")).unwrap();
+        assert_eq!((m.uid(), m.gid()), (nix::unistd::geteuid().as_raw(), 4321), "the app user must not own it");
     }
 
     #[test]

@@ -30,6 +30,9 @@ pub fn write_dir(
     owner: &FileOwner,
 ) -> Result<WriteOutcome, RenderError> {
     check_directory(dir, dir)?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        check_directory(dir, parent)?;
+    }
     let current = current_version(dir)?;
     if let Some(cur) = &current {
         if version_matches(dir, cur, files, mode, owner)? {
@@ -95,6 +98,11 @@ pub fn write_dir(
 /// `on_missing = "remove"`. Other files in the directory are left alone. Returns whether
 /// anything was removed.
 pub fn remove_dir_contents(dir: &Path) -> Result<bool, RenderError> {
+    match fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(RenderError::io(dir, "inspect the directory", e)),
+        Ok(_) => {}
+    }
     let current = match current_version(dir) {
         Ok(c) => c,
         Err(RenderError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => return Ok(false),
@@ -353,6 +361,23 @@ mod tests {
         assert!(err.contains("not a symlink") && err.contains(&d.display().to_string()), "{err}");
         assert_eq!(entries(d), vec!["a"]);
         assert_eq!(fs::read(d.join("a")).unwrap(), b"mine");
+    }
+
+    #[test]
+    fn removing_a_dir_sink_that_was_never_written_is_a_no_op() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!remove_dir_contents(&dir.path().join("never")).unwrap());
+    }
+
+    #[test]
+    fn dir_sink_under_a_world_writable_non_sticky_parent_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        let d = dir.path().join("llm");
+        fs::create_dir(&d).unwrap();
+        let err = write_dir(&d, &files(&[("a", "1")]), 0o600, &FileOwner::default()).unwrap_err();
+        assert!(matches!(err, RenderError::UnsafeDirectory { .. }), "{err}");
+        assert!(err.to_string().contains(&dir.path().display().to_string()), "{err}");
     }
 
     #[test]

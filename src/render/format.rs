@@ -709,9 +709,9 @@ mod tests {
             if let Some(p) = prev {
                 k = k.with_previous(2, Secret::new(p));
             }
-            if let Ok(content) = content(&c) {
-                let _ = content.render(std::slice::from_ref(&k));
-                let _ = content.render_previous(&[k]);
+            if let Ok(sink) = crate::render::Sink::new(c) {
+                let _ = crate::render::render_content(&sink, std::slice::from_ref(&k));
+                let _ = content(sink.config()).map(|c| c.render_previous(&[k]));
             }
         }
     }

@@ -203,6 +203,14 @@ mod tests {
     }
 
     #[test]
+    fn sinks_can_be_shared_across_threads_and_tasks() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Sink>();
+        assert_send_sync::<DirSink>();
+        assert_send_sync::<RenderError>();
+    }
+
+    #[test]
     fn raw_sink_writes_the_key_then_reports_unchanged() {
         let dir = tempfile::tempdir().unwrap();
         let sink = Sink::new(SinkConfig::new(dir.path().join("openai"))).unwrap();
