@@ -1,6 +1,6 @@
 //! Outcomes and errors of rendering. Every error names the sink path and says how to fix the
 //! problem; none ever carries key material (messages that might are scrubbed, see
-//! [`redact`]).
+//! `redact`).
 
 use std::io;
 use std::path::{Path, PathBuf};

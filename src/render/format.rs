@@ -18,7 +18,8 @@
 //! - **template**: minijinja with strict undefined and no auto-escaping. The context has
 //!   `keys.<name>` for every key and `key` when the sink has exactly one key; each key is
 //!   `{name, api_key, version, fingerprint, fields, previous}`. The `env_quote` filter quotes a
-//!   value like the env format does.
+//!   value like the env format does. The output is exactly what the template produces (a
+//!   final newline in the template is kept).
 
 use super::config::{derive_env_name, ContentConfig, SinkFormat};
 use super::error::{redact, RenderError};

@@ -4,7 +4,7 @@
 //! [`RenderOutcome`] (`Written` → run hooks). Responsibilities, one module each:
 //! - [`config`]: the serde sink types and their validation;
 //! - [`material`]: what a key looks like to the renderer;
-//! - [`format`]: bytes for raw, env, json and template formats (pure);
+//! - [`format`](mod@format): bytes for raw, env, json and template formats (pure);
 //! - [`atomic`]: safe single-file writes (atomic or in place);
 //! - [`dir`]: directory sinks with a `..data` symlink swap;
 //! - [`sink`]: runtimes that tie config, format and writing together;
