@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod config;
 pub mod logging;
+pub mod render;
 pub mod secret;
 pub mod store;
 pub mod telemetry;
