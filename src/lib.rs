@@ -4,6 +4,7 @@
 //! `main.rs` only parses arguments; everything else lives here so it can be tested without a
 //! process.
 
+pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod logging;

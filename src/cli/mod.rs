@@ -129,6 +129,17 @@ pub enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Run the agent: render every sink, then keep them up to date.
+    Run {
+        /// Render everything once and exit (0 = all sinks rendered, 1 = not).
+        #[arg(long)]
+        once: bool,
+    },
+    /// Run a command with keys in its environment ([exec] env), restarting or signalling it on change.
+    Exec {
+        #[arg(required = true, last = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
     /// Import many keys from JSON ({"name": "key"}) or a .env file (NAME_API_KEY=key).
     Import {
         file: PathBuf,
@@ -197,7 +208,9 @@ pub fn run(cli: Cli) -> i32 {
     match runtime.block_on(dispatch(cli)) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("error: {}", e.message);
+            if !e.message.is_empty() {
+                eprintln!("error: {}", e.message);
+            }
             e.code
         }
     }
@@ -258,9 +271,20 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
             }
             keys::destroy(&open_store(&source).await?, &name, version, yes).await
         }
+        Command::Run { once } => run_agent(&source, once, None).await,
+        Command::Exec { command } => run_agent(&source, false, Some(crate::agent::ExecSpec { argv: command })).await,
         Command::Import { file, no_promote, output } => {
             import::run(&open_store(&source).await?, &file, !no_promote, output).await
         }
+    }
+}
+
+async fn run_agent(source: &ConfigSource, once: bool, exec: Option<crate::agent::ExecSpec>) -> Result<(), CliError> {
+    match crate::agent::run(source, once, exec).await {
+        Ok(0) => Ok(()),
+        Ok(code) => Err(CliError { code, message: String::new() }),
+        Err(e) if e.starts_with("invalid config") => Err(CliError::usage(e)),
+        Err(e) => Err(CliError::failed(e)),
     }
 }
 

@@ -9,8 +9,9 @@ mod duration;
 
 pub use duration::HumanDuration;
 
+use crate::render::{DirSinkConfig, SinkConfig};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -24,6 +25,90 @@ pub struct Config {
     pub vault: VaultConfig,
     pub kv: KvConfig,
     pub rotation: RotationConfig,
+    pub agent: AgentConfig,
+    /// Per-key settings: `[keys.NAME]` with `[[keys.NAME.sinks]]`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub keys: BTreeMap<String, KeyConfig>,
+    /// Sinks rendering several keys (`keys = [...]`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sinks: Vec<SinkConfig>,
+    /// Directory sinks: several files switched at once (`..data` symlink swap).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dir_sinks: Vec<DirSinkConfig>,
+    /// `keysync exec`: environment variables for the child.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecConfig>,
+}
+
+/// `[agent]`: the long-running sync loop.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// How often to look for changes (one Vault request per poll), jittered by ±10%.
+    pub poll_interval: HumanDuration,
+    /// How often to re-read every key's metadata, catching changes made outside keysync.
+    pub full_sync_interval: HumanDuration,
+    /// Address of /metrics, /healthz, /readyz; "off" disables the endpoint.
+    pub listen: String,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            poll_interval: HumanDuration::from_secs(10),
+            full_sync_interval: HumanDuration::from_secs(300),
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+/// `[keys.NAME]`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeyConfig {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sinks: Vec<SinkConfig>,
+    /// Run a command or signal a process when this key's files change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_change: Option<OnChangeConfig>,
+}
+
+/// `[keys.NAME.on_change]`: argv (no shell), or a signal to the pid in `pid_file`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OnChangeConfig {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    pub timeout: Option<HumanDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid_file: Option<PathBuf>,
+    /// Quiet period after a change before the hook runs (debounce), like consul-template's wait.
+    pub wait_min: Option<HumanDuration>,
+    /// The hook runs at most this long after the first change, even if changes continue.
+    pub wait_max: Option<HumanDuration>,
+}
+
+/// `[exec]`: `keysync exec -- CMD` runs CMD with keys in its environment.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExecConfig {
+    /// Environment variable → key name, e.g. `OPENAI_API_KEY = "openai"`.
+    pub env: BTreeMap<String, String>,
+    /// On change: `restart` the child (default), or send it `signal`.
+    pub on_change: ExecOnChange,
+    pub signal: Option<String>,
+    /// How long a stopping child gets between SIGTERM and SIGKILL.
+    pub kill_timeout: Option<HumanDuration>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecOnChange {
+    #[default]
+    Restart,
+    Signal,
 }
 
 /// `[rotation]`: defaults for every key's rotation policy.
@@ -319,6 +404,7 @@ impl Config {
         if self.vault.timeout.get().is_zero() {
             return Err(ConfigError::new(source, Some("vault.timeout"), "must be more than 0s"));
         }
+        self.validate_agent(source)?;
         check_segment(source, "kv.mount", &self.kv.mount, false)?;
         check_segment(source, "kv.prefix", &self.kv.prefix, true)?;
         match &self.vault.auth {
@@ -336,6 +422,144 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    fn validate_agent(&self, source: &str) -> Result<(), ConfigError> {
+        if self.agent.poll_interval.get() < std::time::Duration::from_millis(100) {
+            return Err(ConfigError::new(source, Some("agent.poll_interval"), "must be at least 100ms"));
+        }
+        if self.agent.listen != "off" && self.agent.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError::new(
+                source,
+                Some("agent.listen"),
+                format!("{:?} is not host:port (e.g. \"127.0.0.1:9464\") or \"off\"", self.agent.listen),
+            ));
+        }
+        let known = |k: &str| crate::store::KeyName::parse(k).is_ok();
+        let mut paths = std::collections::BTreeSet::new();
+        let mut check_path = |field: String, path: &Path| {
+            if !paths.insert(path.to_path_buf()) {
+                return Err(ConfigError::new(
+                    source,
+                    Some(&field),
+                    format!("{} is written by another sink too; give each sink its own path", path.display()),
+                ));
+            }
+            Ok(())
+        };
+        for (name, key) in &self.keys {
+            if !known(name) {
+                return Err(ConfigError::new(
+                    source,
+                    Some(&format!("keys.{name}")),
+                    crate::store::KeyName::parse(name).err().unwrap_or_default(),
+                ));
+            }
+            for (i, sink) in key.sinks.iter().enumerate() {
+                let field = format!("keys.{name}.sinks[{i}]");
+                sink.validate().map_err(|m| ConfigError::new(source, Some(&field), m))?;
+                if !sink.keys.is_empty() {
+                    return Err(ConfigError::new(
+                        source,
+                        Some(&format!("{field}.keys")),
+                        "a sink under [keys.NAME] renders that key; put multi-key sinks in [[sinks]]",
+                    ));
+                }
+                check_path(field, &sink.path)?;
+            }
+            if let Some(hook) = &key.on_change {
+                let field = format!("keys.{name}.on_change");
+                if hook.command.is_empty() && hook.signal.is_none() {
+                    return Err(ConfigError::new(
+                        source,
+                        Some(&field),
+                        "set command = [\"prog\", \"arg\"] or signal + pid_file",
+                    ));
+                }
+                if hook.signal.is_some() != hook.pid_file.is_some() {
+                    return Err(ConfigError::new(source, Some(&field), "signal and pid_file go together"));
+                }
+                if let Some(sig) = &hook.signal {
+                    parse_signal(sig).map_err(|m| ConfigError::new(source, Some(&format!("{field}.signal")), m))?;
+                }
+            }
+        }
+        for (i, sink) in self.sinks.iter().enumerate() {
+            let field = format!("sinks[{i}]");
+            sink.validate().map_err(|m| ConfigError::new(source, Some(&field), m))?;
+            if sink.keys.is_empty() {
+                return Err(ConfigError::new(
+                    source,
+                    Some(&format!("{field}.keys")),
+                    "list the keys this sink renders, e.g. keys = [\"openai\"]",
+                ));
+            }
+            for k in &sink.keys {
+                if !known(k) {
+                    return Err(ConfigError::new(
+                        source,
+                        Some(&format!("{field}.keys")),
+                        format!("{k:?} is not a valid key name"),
+                    ));
+                }
+            }
+            check_path(field, &sink.path)?;
+        }
+        for (i, sink) in self.dir_sinks.iter().enumerate() {
+            let field = format!("dir_sinks[{i}]");
+            sink.validate().map_err(|m| ConfigError::new(source, Some(&field), m))?;
+            for f in &sink.files {
+                if f.keys.is_empty() {
+                    return Err(ConfigError::new(
+                        source,
+                        Some(&format!("{field}.files")),
+                        format!("file {:?} needs keys = [...]", f.name),
+                    ));
+                }
+            }
+            check_path(field, &sink.path)?;
+        }
+        if let Some(exec) = &self.exec {
+            for (var, key) in &exec.env {
+                if !crate::render::is_shell_identifier(var) {
+                    return Err(ConfigError::new(
+                        source,
+                        Some("exec.env"),
+                        format!("{var:?} is not a valid environment variable name"),
+                    ));
+                }
+                if !known(key) {
+                    return Err(ConfigError::new(
+                        source,
+                        Some("exec.env"),
+                        format!("{var} = {key:?}: not a valid key name"),
+                    ));
+                }
+            }
+            if let Some(sig) = &exec.signal {
+                parse_signal(sig).map_err(|m| ConfigError::new(source, Some("exec.signal"), m))?;
+            }
+            if exec.on_change == ExecOnChange::Signal && exec.signal.is_none() {
+                return Err(ConfigError::new(
+                    source,
+                    Some("exec.signal"),
+                    "on_change = \"signal\" needs signal = \"SIGHUP\" (or another)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every key some sink or exec variable renders.
+    pub fn rendered_keys(&self) -> std::collections::BTreeSet<String> {
+        let mut out: std::collections::BTreeSet<String> =
+            self.keys.iter().filter(|(_, k)| !k.sinks.is_empty()).map(|(n, _)| n.clone()).collect();
+        out.extend(self.sinks.iter().flat_map(|s| s.keys.iter().cloned()));
+        out.extend(self.dir_sinks.iter().flat_map(|d| d.files.iter().flat_map(|f| f.keys.iter().cloned())));
+        if let Some(exec) = &self.exec {
+            out.extend(exec.env.values().cloned());
+        }
+        out
     }
 
     /// The resolved config as TOML. Safe to print: the config holds no secrets.
@@ -378,6 +602,17 @@ pub fn source_from_arg(arg: Option<&Path>) -> ConfigSource {
         Some(p) => ConfigSource { path: p.to_path_buf(), explicit: true },
         None => ConfigSource { path: PathBuf::from(DEFAULT_CONFIG_FILE), explicit: false },
     }
+}
+
+/// `SIGHUP`, `HUP` or a number → the signal.
+pub fn parse_signal(text: &str) -> Result<nix::sys::signal::Signal, String> {
+    let upper = text.trim().to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") { upper.clone() } else { format!("SIG{upper}") };
+    if let Ok(n) = text.trim().parse::<i32>() {
+        return nix::sys::signal::Signal::try_from(n).map_err(|_| format!("{text:?} is not a signal number"));
+    }
+    name.parse::<nix::sys::signal::Signal>()
+        .map_err(|_| format!("{text:?} is not a signal; use a name like SIGHUP, SIGUSR1 or SIGTERM"))
 }
 
 #[cfg(test)]
@@ -514,3 +749,4 @@ mod tests {
         assert_eq!(cfg, again);
     }
 }
+

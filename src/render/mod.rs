@@ -19,7 +19,7 @@ pub mod material;
 pub mod sink;
 
 pub use atomic::{resolve_owner, write_atomic, write_in_place, FileOwner};
-pub use config::{DirFileConfig, DirSinkConfig, OnMissing, SinkConfig, SinkFormat, WriteMode};
+pub use config::{is_shell_identifier, DirFileConfig, DirSinkConfig, OnMissing, SinkConfig, SinkFormat, WriteMode};
 pub use error::{RenderError, RenderOutcome, WriteOutcome};
 pub use material::{KeyMaterial, PreviousKey};
 pub use sink::{render_content, DirSink, Sink};

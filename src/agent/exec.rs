@@ -1,0 +1,143 @@
+//! `keysync exec -- CMD ARGS…`: run CMD with keys in its environment once they are rendered;
+//! on a change restart it (SIGTERM, then SIGKILL after `kill_timeout`) or send it a signal.
+//! keysync exits with the child's status. The child never gets keysync's Vault token.
+
+use super::sync::{PassReport, Syncer};
+use crate::config::{parse_signal, ExecConfig, ExecOnChange};
+use crate::store::KeyName;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The command line to run.
+#[derive(Clone, Debug)]
+pub struct ExecSpec {
+    pub argv: Vec<String>,
+}
+
+/// The supervised child.
+pub struct Child {
+    spec: ExecSpec,
+    cfg: ExecConfig,
+    process: Option<tokio::process::Child>,
+    /// Fingerprints of the keys in the running child's environment.
+    env_fingerprints: BTreeMap<String, String>,
+}
+
+/// Variables the child must not inherit: keysync's own credentials.
+const WITHHELD: &[&str] = &["VAULT_TOKEN", "KEYSYNC_CONFIG"];
+
+impl Child {
+    pub fn new(spec: ExecSpec, cfg: ExecConfig) -> Self {
+        Child { spec, cfg, process: None, env_fingerprints: BTreeMap::new() }
+    }
+
+    fn environment(&self, syncer: &Syncer) -> Option<(BTreeMap<String, String>, BTreeMap<String, String>)> {
+        let mut values = BTreeMap::new();
+        let mut fps = BTreeMap::new();
+        for (var, key) in &self.cfg.env {
+            let name = KeyName::parse(key).ok()?;
+            let (_, secret) = syncer.current_key(&name)?;
+            fps.insert(var.clone(), secret.fingerprint());
+            values.insert(var.clone(), secret.expose().to_string());
+        }
+        Some((values, fps))
+    }
+
+    fn spawn(&mut self, env: BTreeMap<String, String>) -> std::io::Result<()> {
+        let Some((program, args)) = self.spec.argv.split_first() else {
+            return Err(std::io::Error::other("no command given after --"));
+        };
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args);
+        for var in WITHHELD {
+            cmd.env_remove(var);
+        }
+        for (k, _) in std::env::vars() {
+            if k.starts_with("KEYSYNC_") && k.contains("__") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.envs(env);
+        let child = cmd.spawn()?;
+        tracing::info!(pid = child.id(), command = %program, "started child");
+        self.process = Some(child);
+        Ok(())
+    }
+
+    /// Starts the child after the first render, restarts or signals it when its keys change.
+    pub async fn after_pass(&mut self, syncer: &Syncer, _report: &PassReport) {
+        let Some((env, fps)) = self.environment(syncer) else {
+            if self.process.is_none() {
+                tracing::warn!("not starting the child yet: a key named in [exec] env is missing");
+            }
+            return;
+        };
+        if self.process.is_none() {
+            if let Err(e) = self.spawn(env) {
+                tracing::error!(error = %e, command = ?self.spec.argv.first(), "cannot start the child");
+            }
+            self.env_fingerprints = fps;
+            return;
+        }
+        if fps == self.env_fingerprints {
+            return;
+        }
+        self.env_fingerprints = fps;
+        match self.cfg.on_change {
+            ExecOnChange::Signal => {
+                let sig = self.cfg.signal.as_deref().and_then(|s| parse_signal(s).ok()).unwrap_or(Signal::SIGHUP);
+                self.signal(sig);
+                tracing::info!(signal = %sig, "keys changed: signalled the child");
+            }
+            ExecOnChange::Restart => {
+                tracing::info!("keys changed: restarting the child");
+                self.stop(Signal::SIGTERM).await;
+                if let Err(e) = self.spawn(env) {
+                    tracing::error!(error = %e, "cannot restart the child");
+                }
+            }
+        }
+    }
+
+    fn signal(&self, sig: Signal) {
+        if let Some(pid) = self.process.as_ref().and_then(|p| p.id()) {
+            let _ = kill(Pid::from_raw(pid as i32), sig);
+        }
+    }
+
+    /// Waits for the child to exit on its own; its exit code (128 + signal when killed).
+    pub async fn wait_exit(&mut self) -> i32 {
+        match self.process.as_mut() {
+            Some(p) => {
+                let status = p.wait().await;
+                self.process = None;
+                status.map(exit_code).unwrap_or(1)
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Sends `sig`, waits up to `kill_timeout`, then SIGKILLs. Returns the exit code.
+    pub async fn stop(&mut self, sig: Signal) -> i32 {
+        let Some(mut p) = self.process.take() else { return 0 };
+        if let Some(pid) = p.id() {
+            let _ = kill(Pid::from_raw(pid as i32), sig);
+        }
+        let grace = self.cfg.kill_timeout.map(|d| d.get()).unwrap_or(Duration::from_secs(10));
+        match tokio::time::timeout(grace, p.wait()).await {
+            Ok(status) => status.map(exit_code).unwrap_or(1),
+            Err(_) => {
+                tracing::warn!("child did not stop in time; killing it");
+                let _ = p.kill().await;
+                p.wait().await.map(exit_code).unwrap_or(137)
+            }
+        }
+    }
+}
+
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}

@@ -1,0 +1,217 @@
+//! `keysync run` and `keysync exec`: log in, render every sink, then poll for changes.
+//!
+//! SIGHUP reloads the config and syncs now; SIGTERM/SIGINT finish the pass in flight and exit
+//! 0. A pass that cannot reach Vault leaves every file alone and is retried with backoff
+//! (1 s, 2 s, 4 s … capped at the poll interval, so recovery is seen within one poll).
+
+mod exec;
+mod hooks;
+mod sync;
+
+pub use exec::ExecSpec;
+pub use sync::{PassReport, Syncer};
+
+use crate::config::{self, Config, ConfigSource};
+use crate::store::{default_actor, KeyName, KeyStore, Kv};
+use crate::telemetry::{Health, Metrics};
+use crate::vault::{Authenticator, Session, VaultClient, VaultSettings};
+use hooks::Hooks;
+use rand::Rng;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::signal::unix::{signal, SignalKind};
+
+/// How `run` ended, as an exit code.
+pub type ExitCode = i32;
+
+fn build(cfg: &Config, session: &Arc<Session>, metrics: &Arc<Metrics>) -> Result<(Syncer, Hooks), String> {
+    let kv = Kv::new(session.clone(), &cfg.kv.mount, &cfg.kv.prefix);
+    let store = KeyStore::new(kv, cfg.rotation.grace.get(), default_actor());
+    let syncer = Syncer::new(cfg, store, metrics.clone())?;
+    let mut hook_cfg = std::collections::BTreeMap::new();
+    for (name, k) in &cfg.keys {
+        if let (Some(h), Ok(n)) = (&k.on_change, KeyName::parse(name)) {
+            hook_cfg.insert(n, h.clone());
+        }
+    }
+    Ok((syncer, Hooks::new(hook_cfg, metrics.clone())))
+}
+
+/// Runs the agent. `once`: one full pass, exit 0 if every sink was rendered, 1 otherwise.
+pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> Result<ExitCode, String> {
+    let mut cfg = config::load(source).map_err(|e| format!("invalid config: {e}"))?;
+    if cfg.rendered_keys().is_empty() && exec.is_none() {
+        return Err(format!(
+            "{}: no sinks configured; add [[keys.NAME.sinks]] with a path (see README, \"Sinks\")",
+            source.path.display()
+        ));
+    }
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::new(cfg.agent.poll_interval.get()));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+
+    if !once && cfg.agent.listen != "off" {
+        let listener = tokio::net::TcpListener::bind(&cfg.agent.listen).await.map_err(|e| {
+            format!("agent.listen {}: cannot listen ({e}); choose a free address or \"off\"", cfg.agent.listen)
+        })?;
+        let mut rx = stop_rx.clone();
+        let (h, m) = (health.clone(), metrics.clone());
+        tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            if let Err(e) = crate::telemetry::serve(listener, h, m, shutdown).await {
+                tracing::error!(error = %e, "metrics endpoint stopped");
+            }
+        });
+    }
+
+    let settings = VaultSettings::from_env(&cfg.vault).map_err(|e| e.to_string())?;
+    let client = VaultClient::new(settings).map_err(|e| e.to_string())?;
+    metrics.track_vault_client(&client);
+    let session =
+        Session::login(client, Authenticator::new(cfg.vault.auth.clone())).await.map_err(|e| e.to_string())?;
+    health.set_authenticated(true);
+    let maintain = tokio::spawn(session.clone().maintain(stop_rx.clone()));
+    let (mut syncer, mut hooks) = build(&cfg, &session, &metrics).map_err(|e| format!("invalid sink: {e}"))?;
+
+    if once {
+        let code = match syncer.pass(true).await {
+            Ok(report) if report.failed_sinks.is_empty() && report.missing_sinks.is_empty() => 0,
+            Ok(report) => {
+                for s in report.failed_sinks.iter().chain(&report.missing_sinks) {
+                    eprintln!("error: sink {s} was not rendered");
+                }
+                1
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                1
+            }
+        };
+        let _ = stop_tx.send(true);
+        let _ = maintain.await;
+        return Ok(code);
+    }
+
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let mut child = exec.map(|spec| exec::Child::new(spec, cfg.exec.clone().unwrap_or_default()));
+
+    let mut full = true;
+    let mut failures: u32 = 0;
+    let mut last_full = Instant::now();
+    let mut first_done = false;
+    let exit_code = loop {
+        let started = Instant::now();
+        let result = syncer.pass(full).await;
+        metrics.sync_duration_seconds.observe(started.elapsed().as_secs_f64());
+        if let Some(ttl) = session.token_ttl_remaining() {
+            metrics.token_ttl_seconds.set(ttl.as_secs_f64());
+        }
+        match result {
+            Ok(report) => {
+                failures = 0;
+                if full {
+                    last_full = Instant::now();
+                }
+                full = false;
+                health.sync_ok();
+                metrics.last_successful_sync_timestamp_seconds.set(chrono::Utc::now().timestamp() as f64);
+                if !first_done {
+                    first_done = true;
+                    health.set_first_render_done();
+                    tracing::info!(sinks = syncer.sink_count(), "first render done");
+                    crate::agent::notify_ready();
+                }
+                for (key, (version, fp)) in &report.changed {
+                    hooks.changed(key, *version, fp);
+                }
+                if let Some(c) = child.as_mut() {
+                    c.after_pass(&syncer, &report).await;
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                metrics.sync_failures_total.inc();
+                health.sync_failed(&e.to_string());
+                tracing::warn!(error = %e, attempt = failures, "sync failed; files are left as they are");
+            }
+        }
+        hooks.run_due().await;
+
+        let poll = cfg.agent.poll_interval.get();
+        let mut wait = if failures > 0 {
+            Duration::from_secs(1u64 << failures.min(10)).min(poll)
+        } else {
+            let jitter = rand::rng().random_range(0.9..1.1);
+            poll.mul_f64(jitter)
+        };
+        if let Some(g) = syncer.next_grace_end() {
+            let until = (g - chrono::Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(50);
+            wait = wait.min(until);
+        }
+        if let Some(due) = hooks.next_due() {
+            wait = wait.min(due.saturating_duration_since(Instant::now()));
+        }
+        if last_full.elapsed() >= cfg.agent.full_sync_interval.get() {
+            full = true;
+        }
+        let child_exit = async {
+            match child.as_mut() {
+                Some(c) => c.wait_exit().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the config");
+                match config::load(source) {
+                    Ok(new_cfg) => match build(&new_cfg, &session, &metrics) {
+                        Ok((s, h)) => { syncer = s; hooks = h; cfg = new_cfg; full = true; }
+                        Err(e) => tracing::error!(error = %e, "new config has a bad sink; keeping the old config"),
+                    },
+                    Err(e) => tracing::error!(error = %e, "new config is invalid; keeping the old config"),
+                }
+            }
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: stopping");
+                break match child.as_mut() { Some(c) => c.stop(nix::sys::signal::Signal::SIGTERM).await, None => 0 };
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT: stopping");
+                break match child.as_mut() { Some(c) => c.stop(nix::sys::signal::Signal::SIGINT).await, None => 0 };
+            }
+            code = child_exit => {
+                tracing::info!(code, "child exited");
+                break code;
+            }
+        }
+    };
+    let _ = stop_tx.send(true);
+    let _ = maintain.await;
+    Ok(exit_code)
+}
+
+/// Tells systemd (Type=notify) that the first render is done, when run under it.
+pub fn notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let path = std::path::PathBuf::from(path);
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let target = path.to_string_lossy().to_string();
+    let result = if let Some(abstract_name) = target.strip_prefix('@') {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes())
+            .and_then(|addr| sock.send_to_addr(b"READY=1\n", &addr))
+    } else {
+        sock.send_to(b"READY=1\n", &path)
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "could not notify systemd");
+    }
+}

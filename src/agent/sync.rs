@@ -1,0 +1,332 @@
+//! One sync pass: find out which keys changed (one index read in steady state), read data
+//! only for those, and render every sink whose inputs changed. The filesystem is touched only
+//! through `render`; a Vault error leaves every file as it was.
+
+use crate::config::Config;
+use crate::render::{DirSink, KeyMaterial, RenderError, RenderOutcome, Sink};
+use crate::secret::Secret;
+use crate::store::{IndexEntry, KeyName, KeyStore, VersionRead};
+use crate::telemetry::{KeyLabel, Metrics, SinkLabel, SinkResultLabel};
+use crate::vault::VaultError;
+use chrono::{DateTime, Utc};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// A rendered key as last read from Vault.
+#[derive(Clone, Debug)]
+struct CachedKey {
+    entry: IndexEntry,
+    /// `None`: missing, disabled, deleted or unreadable — sinks keep their last good file.
+    current: Option<(u64, Secret, BTreeMap<String, String>)>,
+    previous: Option<(u64, Secret)>,
+    /// Whether the previous key was inside its grace period when read.
+    previous_visible: bool,
+}
+
+/// A sink of any kind with the keys it renders.
+enum AnySink {
+    File(Box<Sink>),
+    Dir(DirSink),
+}
+
+struct Binding {
+    sink: AnySink,
+    keys: Vec<KeyName>,
+    label: String,
+    /// Fingerprints of what was last rendered successfully; `None` forces a render.
+    rendered: Option<String>,
+}
+
+/// Which keys changed in a pass, for hooks and exec.
+#[derive(Debug, Default, Clone)]
+pub struct PassReport {
+    /// Keys whose files were written (or removed) in this pass, with version and fingerprint.
+    pub changed: BTreeMap<KeyName, (u64, String)>,
+    /// Sinks that failed or kept a stale file because a key was missing.
+    pub failed_sinks: Vec<String>,
+    pub missing_sinks: Vec<String>,
+}
+
+/// The sync state of one agent.
+pub struct Syncer {
+    store: KeyStore,
+    metrics: Arc<Metrics>,
+    keys: BTreeSet<KeyName>,
+    bindings: Vec<Binding>,
+    cache: BTreeMap<KeyName, CachedKey>,
+    /// The index version last acted on.
+    index_version: Option<u64>,
+}
+
+impl Syncer {
+    /// Builds sinks from the config (templates compiled now, so errors show at start).
+    pub fn new(cfg: &Config, store: KeyStore, metrics: Arc<Metrics>) -> Result<Self, String> {
+        let parse = |k: &str| KeyName::parse(k);
+        let mut bindings = Vec::new();
+        for (name, key) in &cfg.keys {
+            for s in &key.sinks {
+                let sink = Sink::new(s.clone()).map_err(|e| e.to_string())?;
+                bindings.push(Binding {
+                    label: s.path.display().to_string(),
+                    sink: AnySink::File(Box::new(sink)),
+                    keys: vec![parse(name)?],
+                    rendered: None,
+                });
+            }
+        }
+        for s in &cfg.sinks {
+            let sink = Sink::new(s.clone()).map_err(|e| e.to_string())?;
+            let keys = s.keys.iter().map(|k| parse(k)).collect::<Result<Vec<_>, _>>()?;
+            bindings.push(Binding {
+                label: s.path.display().to_string(),
+                sink: AnySink::File(Box::new(sink)),
+                keys,
+                rendered: None,
+            });
+        }
+        for d in &cfg.dir_sinks {
+            let sink = DirSink::new(d.clone()).map_err(|e| e.to_string())?;
+            let mut keys: Vec<KeyName> =
+                d.files.iter().flat_map(|f| f.keys.iter()).map(|k| parse(k)).collect::<Result<Vec<_>, _>>()?;
+            keys.sort();
+            keys.dedup();
+            bindings.push(Binding {
+                label: d.path.display().to_string(),
+                sink: AnySink::Dir(sink),
+                keys,
+                rendered: None,
+            });
+        }
+        let keys = cfg.rendered_keys().iter().map(|k| parse(k)).collect::<Result<BTreeSet<_>, _>>()?;
+        Ok(Syncer { store, metrics, keys, bindings, cache: BTreeMap::new(), index_version: None })
+    }
+
+    pub fn sink_count(&self) -> usize {
+        self.bindings.len()
+    }
+
+    /// The key material for `name` as last read, for exec's environment.
+    pub fn current_key(&self, name: &KeyName) -> Option<(u64, Secret)> {
+        self.cache.get(name).and_then(|c| c.current.as_ref()).map(|(v, k, _)| (*v, k.clone()))
+    }
+
+    /// When the earliest grace period that still shows a previous key ends.
+    pub fn next_grace_end(&self) -> Option<DateTime<Utc>> {
+        let now = Utc::now();
+        self.cache.values().filter_map(|c| c.entry.grace_until).filter(|g| *g > now).min()
+    }
+
+    /// One pass. `full`: read every key's metadata instead of trusting the index (start,
+    /// periodic, SIGHUP). Returns what changed; an error means Vault could not be read and
+    /// nothing on disk was touched.
+    pub async fn pass(&mut self, full: bool) -> Result<PassReport, VaultError> {
+        let entries = self.entries(full).await?;
+        let now = Utc::now();
+        for name in self.keys.clone() {
+            let entry = match entries.get(&name) {
+                Some(e) => e.clone(),
+                None => match self.cache.get(&name) {
+                    Some(c) => c.entry.clone(),
+                    None => IndexEntry::default(),
+                },
+            };
+            let cached = self.cache.get(&name);
+            let previous_visible = entry.grace_until.is_some_and(|g| g > now) && entry.previous.is_some();
+            let cached_previous_visible = cached.is_some_and(|c| c.previous_visible);
+            let needs_read = match cached {
+                None => true,
+                Some(c) => c.entry != entry || previous_visible != cached_previous_visible,
+            };
+            if !needs_read {
+                continue;
+            }
+            let fresh = self.read_key(&name, entry, previous_visible).await?;
+            self.update_key_metrics(&name, &fresh);
+            self.cache.insert(name, fresh);
+        }
+        Ok(self.render_all())
+    }
+
+    async fn entries(&mut self, full: bool) -> Result<BTreeMap<KeyName, IndexEntry>, VaultError> {
+        let mut out = BTreeMap::new();
+        if full || self.index_version.is_none() {
+            // Read the index version first, so changes during the full read are seen next poll.
+            let snapshot = self.store.kv().index().read().await?;
+            for name in &self.keys {
+                let entry = match self.store.record(name).await {
+                    Ok(Some(r)) => {
+                        let deleted =
+                            r.state.current.and_then(|c| r.meta.versions.get(&c)).is_some_and(|m| !m.is_live());
+                        IndexEntry::from_state(&r.state, deleted)
+                    }
+                    Ok(None) => IndexEntry::default(),
+                    Err(crate::store::StoreError::Vault(e)) => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(key = %name, error = %e, "cannot read the key's state; keeping its files as they are");
+                        self.cache.get(name).map(|c| c.entry.clone()).unwrap_or_default()
+                    }
+                };
+                out.insert(name.clone(), entry);
+            }
+            self.index_version = Some(snapshot.version);
+            return Ok(out);
+        }
+        let snapshot = self.store.kv().index().read().await?;
+        self.index_version = Some(snapshot.version);
+        for (name, entry) in snapshot.entries {
+            if let Ok(name) = KeyName::parse(&name) {
+                if self.keys.contains(&name) {
+                    out.insert(name, entry);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads the data a key's entry points at. Vault errors propagate (files untouched);
+    /// a missing or unusable version makes the key missing.
+    async fn read_key(
+        &self,
+        name: &KeyName,
+        entry: IndexEntry,
+        previous_visible: bool,
+    ) -> Result<CachedKey, VaultError> {
+        let mut fresh = CachedKey { entry: entry.clone(), current: None, previous: None, previous_visible };
+        if entry.disabled || entry.deleted {
+            tracing::warn!(key = %name, disabled = entry.disabled, deleted = entry.deleted, "key is not available; files keep the last good key");
+            return Ok(fresh);
+        }
+        let Some(current) = entry.current else {
+            return Ok(fresh);
+        };
+        match self.store.kv().read(name, current).await? {
+            VersionRead::Live(data) => {
+                let fields =
+                    data.string_fields().into_iter().filter(|(k, _)| !crate::store::is_provenance_field(k)).collect();
+                fresh.current = Some((current, data.api_key, fields));
+            }
+            other => {
+                tracing::warn!(key = %name, version = current, state = ?std::mem::discriminant(&other), "current version has no data (deleted or destroyed); files keep the last good key");
+                return Ok(fresh);
+            }
+        }
+        if let (true, Some(prev)) = (previous_visible, entry.previous) {
+            if let VersionRead::Live(data) = self.store.kv().read(name, prev).await? {
+                fresh.previous = Some((prev, data.api_key));
+            }
+        }
+        Ok(fresh)
+    }
+
+    fn update_key_metrics(&self, name: &KeyName, key: &CachedKey) {
+        let label = KeyLabel { key: name.to_string() };
+        if let Some((v, _, _)) = &key.current {
+            self.metrics.key_current_version.get_or_create(&label).set(*v as i64);
+        }
+    }
+
+    fn material(&self, name: &KeyName) -> Option<KeyMaterial> {
+        let c = self.cache.get(name)?;
+        let (v, key, fields) = c.current.as_ref()?;
+        let mut m = KeyMaterial::new(name.as_str(), *v, key.clone());
+        for (k, val) in fields {
+            m = m.with_field(k.clone(), val.clone());
+        }
+        if let Some((pv, pk)) = &c.previous {
+            m = m.with_previous(*pv, pk.clone());
+        }
+        Some(m)
+    }
+
+    /// Renders every sink whose inputs differ from what it last rendered successfully.
+    fn render_all(&mut self) -> PassReport {
+        let mut report = PassReport::default();
+        let mut bindings = std::mem::take(&mut self.bindings);
+        for b in &mut bindings {
+            let materials: Vec<Option<KeyMaterial>> = b.keys.iter().map(|k| self.material(k)).collect();
+            let signature = if materials.iter().all(Option::is_some) {
+                Some(
+                    materials
+                        .iter()
+                        .flatten()
+                        .map(|m| {
+                            format!(
+                                "{}:{}:{}",
+                                m.name,
+                                m.fingerprint,
+                                m.previous.as_ref().map(|p| p.fingerprint.as_str()).unwrap_or("-")
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(","),
+                )
+            } else {
+                None
+            };
+            let label = SinkLabel { sink: b.label.clone() };
+            let result = match &signature {
+                Some(sig) if b.rendered.as_deref() == Some(sig.as_str()) => continue,
+                Some(_) => {
+                    let ms: Vec<KeyMaterial> = materials.into_iter().flatten().collect();
+                    match &b.sink {
+                        AnySink::File(s) => s.apply(&ms),
+                        AnySink::Dir(d) => d.apply(&ms),
+                    }
+                }
+                None => {
+                    self.metrics.sink_key_missing_total.get_or_create(&label).inc();
+                    report.missing_sinks.push(b.label.clone());
+                    let r = match &b.sink {
+                        AnySink::File(s) => s.apply_missing(),
+                        AnySink::Dir(d) => d.apply_missing(),
+                    };
+                    if matches!(r, Ok(RenderOutcome::Kept)) && b.rendered.is_some() {
+                        tracing::warn!(sink = %b.label, "a key of this sink is missing, disabled or deleted; keeping the last good file");
+                    }
+                    r
+                }
+            };
+            let outcome_name = match &result {
+                Ok(RenderOutcome::Written) => "written",
+                Ok(RenderOutcome::Unchanged) => "unchanged",
+                Ok(RenderOutcome::Removed) => "removed",
+                Ok(RenderOutcome::Kept) => "kept",
+                Err(_) => "failed",
+            };
+            self.metrics
+                .sink_render_total
+                .get_or_create(&SinkResultLabel { sink: b.label.clone(), result: outcome_name.into() })
+                .inc();
+            match result {
+                Ok(outcome) => {
+                    if signature.is_some() {
+                        self.metrics
+                            .sink_last_success_timestamp_seconds
+                            .get_or_create(&label)
+                            .set(Utc::now().timestamp() as f64);
+                    }
+                    if matches!(outcome, RenderOutcome::Written | RenderOutcome::Removed) {
+                        tracing::info!(sink = %b.label, result = outcome_name, "rendered");
+                        for k in &b.keys {
+                            if let Some(m) = self.material(k) {
+                                report.changed.insert(k.clone(), (m.version, m.fingerprint.clone()));
+                            }
+                        }
+                    }
+                    b.rendered = signature;
+                }
+                Err(e) => {
+                    log_render_error(&b.label, &e);
+                    report.failed_sinks.push(b.label.clone());
+                    b.rendered = None;
+                }
+            }
+        }
+        self.bindings = bindings;
+        report
+    }
+}
+
+fn log_render_error(sink: &str, e: &RenderError) {
+    tracing::error!(sink = %sink, error = %e, "render failed; the previous file is left as it was");
+}
