@@ -749,4 +749,3 @@ mod tests {
         assert_eq!(cfg, again);
     }
 }
-

@@ -27,7 +27,7 @@ pub struct Health {
 impl Health {
     pub fn new(poll: Duration) -> Self {
         let h = Health::default();
-        h.staleness_secs.store((poll.as_secs() as i64 * 3).max(30), Ordering::Relaxed);
+        h.staleness_secs.store((poll.as_secs() as i64 * 3).max(3), Ordering::Relaxed);
         h
     }
 

@@ -337,3 +337,125 @@ pub async fn load_repo_policies(admin: &Admin) {
         }
     }
 }
+
+/// A TCP proxy in front of the server that a test can cut (connections refused and dropped)
+/// and restore, to simulate a Vault outage without losing the in-memory dev server.
+pub struct Proxy {
+    pub addr: String,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub connections: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: &str) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        let upstream = upstream.trim_start_matches("http://").to_string();
+        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (d, c) = (down.clone(), connections.clone());
+        tokio::spawn(async move {
+            let mut live: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else { return };
+                c.fetch_add(1, Ordering::Relaxed);
+                if d.load(Ordering::Relaxed) {
+                    for h in live.drain(..) {
+                        h.abort();
+                    }
+                    drop(inbound);
+                    continue;
+                }
+                let upstream = upstream.clone();
+                let d2 = d.clone();
+                live.retain(|h| !h.is_finished());
+                live.push(tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else { return };
+                    let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
+                    let watch = async {
+                        while !d2.load(Ordering::Relaxed) {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    };
+                    tokio::select! { _ = copy => {}, _ = watch => {} }
+                }));
+            }
+        });
+        Proxy { addr, down, connections }
+    }
+
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A `keysync run` process, killed when dropped.
+pub struct Agent {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Agent {
+    pub fn start(config: &Path, addr: &str, token: &str, args: &[&str], dir: &Path) -> Agent {
+        let log = dir.join(format!("agent-{}.log", unique("run")));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_keysync"))
+            .args(["--config", config.to_str().unwrap(), "--log-level", "debug"])
+            .args(args)
+            .env("VAULT_ADDR", addr)
+            .env("VAULT_TOKEN", token)
+            .env("HOME", dir)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("start keysync run");
+        Agent { child, log }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for exit; returns the code.
+    pub fn wait(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `cond` every 50 ms until it holds or `timeout` passes; returns whether it held.
+pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cond()
+}
+
+pub fn free_listen_addr() -> String {
+    format!("127.0.0.1:{}", free_port())
+}

@@ -1,0 +1,304 @@
+//! `keysync run` / `exec` against a real server: propagation within a poll, grace, unchanged
+//! content, outages through a cuttable proxy, broken sinks, SIGHUP, --once, exec restarts.
+
+mod support;
+
+use keysync::config::{AuthConfig, VaultConfig};
+use keysync::secret::Secret;
+use keysync::store::{KeyData, KeyName, KeyStore, Kv, PutOptions};
+use keysync::vault::{Authenticator, Session, VaultClient, VaultSettings};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use support::{eventually, free_listen_addr, Agent, DevServer, Proxy};
+
+async fn store(server: &DevServer, grace: Duration) -> KeyStore {
+    let cfg = VaultConfig { address: Some(server.addr.clone()), ..Default::default() };
+    let client = VaultClient::new(VaultSettings::resolve(&cfg, &|_| None).unwrap()).unwrap();
+    let auth = Authenticator::with_env_token(AuthConfig::default(), Some(Secret::new(&server.root_token)));
+    let session = Session::login(client, auth).await.unwrap();
+    KeyStore::new(Kv::new(session, "secret", "keysync"), grace, "test-writer")
+}
+
+async fn put(store: &KeyStore, name: &str, key: &str) {
+    let opts = PutOptions { promote: true, reason: "test".into(), keep_fields: true };
+    store.put(&KeyName::parse(name).unwrap(), KeyData::new(Secret::new(key)), &opts).await.unwrap();
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else { return (0, String::new()) };
+    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, text.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+}
+
+#[tokio::test]
+async fn a_promoted_key_reaches_its_files_within_one_poll_and_previous_follows_grace() {
+    let server = DevServer::start();
+    let writer = store(&server, Duration::from_secs(4)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    put(&writer, "openai", "sk-agent-one-1111111111111111").await;
+    let listen = free_listen_addr();
+    let config = d.join("keysync.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[agent]
+poll_interval = "1s"
+listen = "{listen}"
+[[keys.openai.sinks]]
+path = "{0}/out/openai.key"
+create_dirs = true
+include_previous = true
+[keys.openai.on_change]
+command = ["sh", "-c", "echo $KEYSYNC_KEY $KEYSYNC_VERSION $KEYSYNC_FINGERPRINT >> {0}/hook.log"]
+[[sinks]]
+path = "{0}/out/app.json"
+format = "json"
+keys = ["openai"]
+"#,
+            d.display()
+        ),
+    )
+    .unwrap();
+    let key_file = d.join("out/openai.key");
+    let prev_file = d.join("out/openai.key.previous");
+    let agent = Agent::start(&config, &server.addr, &server.root_token, &["run"], d);
+    assert!(
+        eventually(Duration::from_secs(10), || read(&key_file).trim() == "sk-agent-one-1111111111111111").await,
+        "{}",
+        agent.log_text()
+    );
+    assert!(eventually(Duration::from_secs(3), || http_get(&listen, "/readyz").0 == 200).await);
+    assert_eq!(std::fs::metadata(&key_file).unwrap().mode() & 0o777, 0o600);
+
+    // Promotion reaches the file within one poll (1 s) plus the render.
+    let t0 = Instant::now();
+    put(&writer, "openai", "sk-agent-two-2222222222222222").await;
+    assert!(eventually(Duration::from_secs(3), || read(&key_file).trim() == "sk-agent-two-2222222222222222").await);
+    let took = t0.elapsed();
+    assert!(took < Duration::from_millis(1600), "propagation took {took:?}");
+    assert_eq!(read(&prev_file).trim(), "sk-agent-one-1111111111111111", "previous rendered during grace");
+    let json: serde_json::Value = serde_json::from_str(&read(&d.join("out/app.json"))).unwrap();
+    assert_eq!(json["openai"]["version"], 2, "multi-key JSON sinks are keyed by name");
+    // The first render wrote the file (hook for v1), the promotion rewrote it (hook for v2).
+    assert!(
+        eventually(Duration::from_secs(3), || read(&d.join("hook.log")).lines().count() == 2).await,
+        "{}",
+        read(&d.join("hook.log"))
+    );
+    let hook = read(&d.join("hook.log"));
+    assert!(hook.starts_with("openai 1 sha256:") && hook.contains("\nopenai 2 sha256:"), "{hook}");
+    assert!(!hook.contains("sk-agent"), "hooks get the fingerprint, never the key");
+
+    // After grace the previous file goes away.
+    assert!(eventually(Duration::from_secs(8), || !prev_file.exists()).await, "previous not removed after grace");
+
+    // Identical content: a disable/enable round trip re-reads the key but writes nothing.
+    let before = std::fs::metadata(&key_file).unwrap();
+    let hooks_before = read(&d.join("hook.log")).lines().count();
+    let name = KeyName::parse("openai").unwrap();
+    writer.set_disabled(&name, true).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(read(&key_file).trim(), "sk-agent-two-2222222222222222", "a disabled key keeps the last good file");
+    writer.set_disabled(&name, false).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = std::fs::metadata(&key_file).unwrap();
+    assert_eq!(before.ino(), after.ino());
+    assert_eq!(before.mtime_nsec(), after.mtime_nsec());
+    assert_eq!(read(&d.join("hook.log")).lines().count(), hooks_before, "no hook for unchanged content");
+
+    let (status, metrics) = http_get(&listen, "/metrics");
+    assert_eq!(status, 200);
+    assert!(metrics.contains("keysync_key_current_version{key=\"openai\"} 2"), "{metrics}");
+    assert!(metrics.contains("keysync_vault_requests_total{op=\"index_read\""), "{metrics}");
+    let log = agent.log_text();
+    assert!(!log.contains("sk-agent-one-1111") && !log.contains("sk-agent-two-2222"), "key in logs");
+    assert!(!log.contains(&server.root_token), "token in logs");
+}
+
+#[tokio::test]
+async fn steady_polls_cost_one_request_whatever_the_key_count() {
+    let server = DevServer::start();
+    let writer = store(&server, Duration::from_secs(60)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut cfg = String::from("[agent]\npoll_interval = \"500ms\"\nlisten = \"LISTEN\"\n");
+    for i in 0..20 {
+        put(&writer, &format!("k{i}"), &format!("sk-many-{i:02}-xxxxxxxxxxxxxxxx")).await;
+        cfg.push_str(&format!("[[keys.k{i}.sinks]]\npath = \"{}/out/k{i}\"\ncreate_dirs = true\n", d.display()));
+    }
+    let listen = free_listen_addr();
+    let config = d.join("keysync.toml");
+    std::fs::write(&config, cfg.replace("LISTEN", &listen)).unwrap();
+    let _agent = Agent::start(&config, &server.addr, &server.root_token, &["run"], d);
+    assert!(eventually(Duration::from_secs(10), || http_get(&listen, "/readyz").0 == 200).await);
+    let count = || -> u64 {
+        let (_, m) = http_get(&listen, "/metrics");
+        m.lines()
+            .filter(|l| l.starts_with("keysync_vault_requests_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let polls = |a: u64, b: u64| (a, b);
+    let start = count();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let end = count();
+    let (a, b) = polls(start, end);
+    // 5 s at 0.5 s ± 10 % jitter: at most ~12 polls, one index read each, for 20 keys.
+    assert!(b - a <= 12, "steady state made {} requests in 5 s for 20 keys", b - a);
+    assert!(b - a >= 8, "agent is not polling: {} requests", b - a);
+}
+
+#[tokio::test]
+async fn an_outage_leaves_files_intact_and_the_agent_catches_up_within_a_poll() {
+    let server = DevServer::start();
+    let writer = store(&server, Duration::from_secs(60)).await;
+    let proxy = Proxy::start(&server.addr).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    put(&writer, "openai", "sk-outage-one-11111111111111").await;
+    let listen = free_listen_addr();
+    let config = d.join("keysync.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\npoll_interval = \"1s\"\nlisten = \"{listen}\"\n[vault]\ntimeout = \"2s\"\n[[keys.openai.sinks]]\npath = \"{}/openai.key\"\n",
+            d.display()
+        ),
+    )
+    .unwrap();
+    let key_file = d.join("openai.key");
+    let agent = Agent::start(&config, &proxy.addr, &server.root_token, &["run"], d);
+    assert!(eventually(Duration::from_secs(10), || read(&key_file).trim() == "sk-outage-one-11111111111111").await);
+
+    proxy.set_down(true);
+    let connections_before = proxy.connections.load(std::sync::atomic::Ordering::Relaxed);
+    put(&writer, "openai", "sk-outage-two-22222222222222").await;
+    assert!(
+        eventually(Duration::from_secs(8), || http_get(&listen, "/readyz").0 == 503).await,
+        "readyz should report the outage"
+    );
+    let (_, why) = http_get(&listen, "/readyz");
+    assert!(why.contains("Vault"), "{why}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(read(&key_file).trim(), "sk-outage-one-11111111111111", "file intact during the outage");
+    let attempts = proxy.connections.load(std::sync::atomic::Ordering::Relaxed) - connections_before;
+    assert!(attempts <= 15, "{attempts} connection attempts in ~6 s of outage: not backing off");
+
+    proxy.set_down(false);
+    let t0 = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(5), || read(&key_file).trim() == "sk-outage-two-22222222222222").await,
+        "{}",
+        agent.log_text()
+    );
+    assert!(t0.elapsed() < Duration::from_millis(2500), "caught up after {:?}", t0.elapsed());
+    assert!(eventually(Duration::from_secs(3), || http_get(&listen, "/readyz").0 == 200).await);
+}
+
+#[tokio::test]
+async fn a_broken_sink_fails_alone_and_once_reports_it() {
+    let server = DevServer::start();
+    let writer = store(&server, Duration::from_secs(60)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    put(&writer, "openai", "sk-once-aaaaaaaaaaaaaaaaaaaa").await;
+    std::fs::write(d.join("not-a-dir"), "x").unwrap();
+    let good = format!("[agent]\nlisten = \"off\"\n[[keys.openai.sinks]]\npath = \"{0}/good.key\"\n", d.display());
+    let config = d.join("ok.toml");
+    std::fs::write(&config, &good).unwrap();
+    let mut agent = Agent::start(&config, &server.addr, &server.root_token, &["run", "--once"], d);
+    assert_eq!(agent.wait(Duration::from_secs(20)), Some(0), "{}", agent.log_text());
+    assert_eq!(read(&d.join("good.key")).trim(), "sk-once-aaaaaaaaaaaaaaaaaaaa");
+
+    let bad = format!("{good}[[keys.openai.sinks]]\npath = \"{0}/not-a-dir/openai.key\"\n", d.display());
+    let config = d.join("bad.toml");
+    std::fs::write(&config, bad).unwrap();
+    std::fs::remove_file(d.join("good.key")).unwrap();
+    let mut agent = Agent::start(&config, &server.addr, &server.root_token, &["run", "--once"], d);
+    assert_eq!(agent.wait(Duration::from_secs(20)), Some(1));
+    let log = agent.log_text();
+    assert!(log.contains("not-a-dir/openai.key"), "{log}");
+    assert_eq!(read(&d.join("good.key")).trim(), "sk-once-aaaaaaaaaaaaaaaaaaaa", "the other sink still works");
+
+    let missing = format!("[agent]\nlisten = \"off\"\n[[keys.nokey.sinks]]\npath = \"{0}/nokey\"\n", d.display());
+    let config = d.join("missing.toml");
+    std::fs::write(&config, missing).unwrap();
+    let mut agent = Agent::start(&config, &server.addr, &server.root_token, &["run", "--once"], d);
+    assert_eq!(agent.wait(Duration::from_secs(20)), Some(1), "a missing key is not a full render");
+    assert!(!d.join("nokey").exists());
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_config_and_sigterm_exits_cleanly() {
+    let server = DevServer::start();
+    let writer = store(&server, Duration::from_secs(60)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    put(&writer, "openai", "sk-hup-aaaaaaaaaaaaaaaaaaaaa").await;
+    put(&writer, "deepseek", "sk-hup-bbbbbbbbbbbbbbbbbbbbb").await;
+    let base = format!(
+        "[agent]\npoll_interval = \"30s\"\nlisten = \"off\"\n[[keys.openai.sinks]]\npath = \"{0}/openai.key\"\n",
+        d.display()
+    );
+    let config = d.join("keysync.toml");
+    std::fs::write(&config, &base).unwrap();
+    let mut agent = Agent::start(&config, &server.addr, &server.root_token, &["run"], d);
+    assert!(eventually(Duration::from_secs(10), || d.join("openai.key").exists()).await);
+    std::fs::write(&config, format!("{base}[[keys.deepseek.sinks]]\npath = \"{0}/deepseek.key\"\n", d.display()))
+        .unwrap();
+    agent.signal(libc::SIGHUP);
+    assert!(
+        eventually(Duration::from_secs(5), || read(&d.join("deepseek.key")).trim() == "sk-hup-bbbbbbbbbbbbbbbbbbbbb")
+            .await,
+        "{}",
+        agent.log_text()
+    );
+    // A broken config on SIGHUP keeps the old one running.
+    std::fs::write(&config, "[agent\n").unwrap();
+    agent.signal(libc::SIGHUP);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(agent.child.try_wait().unwrap().is_none(), "agent died on a bad reload");
+    agent.signal(libc::SIGTERM);
+    assert_eq!(agent.wait(Duration::from_secs(10)), Some(0));
+}
+
+#[tokio::test]
+async fn exec_restarts_the_child_with_the_new_key() {
+    let server = DevServer::start();
+    let writer = store(&server, Duration::from_secs(60)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    put(&writer, "openai", "sk-exec-one-1111111111111111").await;
+    let config = d.join("keysync.toml");
+    std::fs::write(
+        &config,
+        "[agent]\npoll_interval = \"1s\"\nlisten = \"off\"\n[exec]\nenv = { OPENAI_API_KEY = \"openai\" }\nkill_timeout = \"2s\"\n",
+    )
+    .unwrap();
+    let script = format!(
+        "echo \"$OPENAI_API_KEY\" >> {0}/seen; [ -z \"$VAULT_TOKEN\" ] || echo leaked >> {0}/seen; trap 'exit 0' TERM; while true; do sleep 0.1; done",
+        d.display()
+    );
+    let mut agent = Agent::start(&config, &server.addr, &server.root_token, &["exec", "--", "sh", "-c", &script], d);
+    let seen = d.join("seen");
+    assert!(eventually(Duration::from_secs(10), || read(&seen).lines().count() == 1).await, "{}", agent.log_text());
+    put(&writer, "openai", "sk-exec-two-2222222222222222").await;
+    assert!(eventually(Duration::from_secs(6), || read(&seen).lines().count() == 2).await, "{}", agent.log_text());
+    assert_eq!(
+        read(&seen),
+        "sk-exec-one-1111111111111111\nsk-exec-two-2222222222222222\n",
+        "child env: key, never the token"
+    );
+    agent.signal(libc::SIGTERM);
+    assert_eq!(agent.wait(Duration::from_secs(10)), Some(0), "keysync exits with the child's status");
+}
