@@ -170,3 +170,27 @@ fn version_flag_prints_the_version() {
     assert_eq!(code, 0);
     assert_eq!(stdout.trim(), format!("keysync {}", env!("CARGO_PKG_VERSION")));
 }
+
+#[test]
+fn bash_completions_load_without_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stdout, _) = outcome(keysync(dir.path()).args(["completions", "bash"]));
+    assert_eq!(code, 0);
+    let script = dir.path().join("keysync.bash");
+    std::fs::write(&script, &stdout).unwrap();
+    let out = std::process::Command::new("bash")
+        .args(["-c", &format!("set -e; source {}; complete -p keysync", script.display())])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "bash: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("keysync"));
+    assert!(out.stderr.is_empty(), "bash printed errors: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn the_man_page_renders() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stdout, _) = outcome(keysync(dir.path()).arg("man"));
+    assert_eq!(code, 0);
+    assert!(stdout.contains(".TH keysync") && stdout.contains("rollback"), "{}", &stdout[..stdout.len().min(300)]);
+}

@@ -144,6 +144,12 @@ impl Syncer {
             self.update_key_metrics(&name, &fresh);
             self.cache.insert(name, fresh);
         }
+        for (name, c) in &self.cache {
+            if let Some(since) = c.entry.since {
+                let age = (now - since).num_milliseconds().max(0) as f64 / 1000.0;
+                self.metrics.key_age_seconds.get_or_create(&KeyLabel { key: name.to_string() }).set(age);
+            }
+        }
         Ok(self.render_all())
     }
 

@@ -140,6 +140,10 @@ pub enum Command {
         #[arg(required = true, last = true, value_name = "CMD")]
         command: Vec<String>,
     },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff) to stdout.
+    Man,
     /// Import many keys from JSON ({"name": "key"}) or a .env file (NAME_API_KEY=key).
     Import {
         file: PathBuf,
@@ -270,6 +274,17 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
                 return keys::destroy_refused(&name, version);
             }
             keys::destroy(&open_store(&source).await?, &name, version, yes).await
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "keysync", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .map_err(|e| CliError::failed(format!("cannot write the man page: {e}")))
         }
         Command::Run { once } => run_agent(&source, once, None).await,
         Command::Exec { command } => run_agent(&source, false, Some(crate::agent::ExecSpec { argv: command })).await,

@@ -31,6 +31,9 @@ pub struct IndexEntry {
     pub deleted: bool,
     /// Fingerprint of `current`, so a consumer can tell a real change from a re-promotion.
     pub fingerprint: Option<String>,
+    /// When `current` was promoted (for the key-age metric).
+    #[serde(default)]
+    pub since: Option<DateTime<Utc>>,
 }
 
 impl IndexEntry {
@@ -42,6 +45,7 @@ impl IndexEntry {
             disabled: state.disabled,
             deleted,
             fingerprint: state.current.and_then(|c| state.fingerprints.get(&c).cloned()),
+            since: state.rotated_at,
         }
     }
 }
