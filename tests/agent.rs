@@ -141,6 +141,8 @@ async fn steady_polls_cost_one_request_whatever_the_key_count() {
     std::fs::write(&config, cfg.replace("LISTEN", &listen)).unwrap();
     let _agent = Agent::start(&config, &server.addr, &server.root_token, &["run"], d);
     assert!(eventually(Duration::from_secs(10), || http_get(&listen, "/readyz").0 == 200).await);
+    // Let the first index poll after the full start-up read go by.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let count = || -> u64 {
         let (_, m) = http_get(&listen, "/metrics");
         m.lines()

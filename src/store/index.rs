@@ -41,13 +41,19 @@ impl IndexEntry {
         IndexEntry {
             current: state.current,
             previous: state.previous,
-            grace_until: state.previous.and(state.grace_until),
+            grace_until: state.previous.and(state.grace_until).map(whole_seconds),
             disabled: state.disabled,
             deleted,
             fingerprint: state.current.and_then(|c| state.fingerprints.get(&c).cloned()),
-            since: state.rotated_at,
+            since: state.rotated_at.map(whole_seconds),
         }
     }
+}
+
+/// Metadata keeps whole seconds; so must the index, or an entry built from metadata (full
+/// sync) would never equal the one a writer published and every key would be re-read.
+fn whole_seconds(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp(t.timestamp(), 0).unwrap_or(t)
 }
 
 /// Reads and updates the index.
@@ -120,5 +126,24 @@ impl Index {
             status: 409,
             message: "the index kept changing between create and patch; try again".into(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_from_fresh_state_equals_one_from_stored_metadata() {
+        let fresh = RotationState {
+            current: Some(2),
+            previous: Some(1),
+            grace_until: Some(Utc::now() + chrono::Duration::hours(1)),
+            rotated_at: Some(Utc::now()),
+            managed: true,
+            ..Default::default()
+        };
+        let stored = RotationState::decode("k", &fresh.encode()).unwrap();
+        assert_eq!(IndexEntry::from_state(&fresh, false), IndexEntry::from_state(&stored, false));
     }
 }
