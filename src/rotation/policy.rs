@@ -453,3 +453,37 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod edge_tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn sub_second_times_find_the_right_tick() {
+        let cron = parse_schedule("* * * * *").unwrap();
+        let base = Utc.with_ymd_and_hms(2026, 1, 1, 3, 0, 0).unwrap();
+        let before = base - Duration::milliseconds(500);
+        assert_eq!(cron.find_next_occurrence(&before, false).unwrap(), base);
+        let after = base + Duration::milliseconds(500);
+        assert_eq!(cron.find_next_occurrence(&after, false).unwrap(), base + Duration::minutes(1));
+        assert_eq!(cron.find_next_occurrence(&base, false).unwrap(), base + Duration::minutes(1));
+    }
+
+    #[test]
+    fn last_rotation_at_a_tick_waits_for_the_next_one() {
+        let policy = RotationPolicy { schedule: Some("0 3 * * *".into()), ..Default::default() };
+        let last = Utc.with_ymd_and_hms(2026, 1, 1, 3, 0, 0).unwrap() + Duration::milliseconds(250);
+        let d = decide(&policy, last, None, "k", last + Duration::hours(1));
+        assert!(!d.due);
+        assert_eq!(d.next, Utc.with_ymd_and_hms(2026, 1, 2, 3, 0, 0).unwrap());
+    }
+
+    #[test]
+    fn impossible_schedule_is_refused_quickly() {
+        let start = std::time::Instant::now();
+        let err = RotationPolicy { schedule: Some("0 0 31 2 *".into()), ..Default::default() }.validate().unwrap_err();
+        assert!(err.contains("never matches"), "{err}");
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+    }
+}
