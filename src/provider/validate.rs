@@ -1,0 +1,448 @@
+//! Checking a freshly minted key against the LLM provider before it is promoted: one cheap
+//! authenticated GET (usually `/models`). The answer is three-valued because "the provider is
+//! down" must never be mistaken for "the key is bad" (or worse, "the key is good").
+
+use crate::config::HumanDuration;
+use crate::secret::Secret;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use reqwest::header::{HeaderName, HeaderValue, AUTHORIZATION, RETRY_AFTER};
+use reqwest::{Method, StatusCode};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Providers whose key-check request keysync knows. All but `anthropic`, `gemini` and `custom`
+/// speak the OpenAI-compatible API: `GET {base_url}/models` with `Authorization: Bearer <key>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    Openai,
+    Deepseek,
+    Qwen,
+    Moonshot,
+    Zhipu,
+    Doubao,
+    Mistral,
+    Groq,
+    Openrouter,
+    Together,
+    Ollama,
+    /// `GET /models` with `x-api-key` and `anthropic-version: 2023-06-01`.
+    Anthropic,
+    /// `GET /models` with `x-goog-api-key`.
+    Gemini,
+    /// Everything given explicitly: `method`, `url`, `header`, `prefix`, `expect`.
+    Custom,
+}
+
+impl Preset {
+    /// The provider's public API root; `None` for `custom`.
+    pub fn default_base_url(self) -> Option<&'static str> {
+        Some(match self {
+            Preset::Openai => "https://api.openai.com/v1",
+            Preset::Deepseek => "https://api.deepseek.com/v1",
+            Preset::Qwen => "https://dashscope.aliyuncs.com/compatible-mode/v1",
+            Preset::Moonshot => "https://api.moonshot.cn/v1",
+            Preset::Zhipu => "https://open.bigmodel.cn/api/paas/v4",
+            Preset::Doubao => "https://ark.cn-beijing.volces.com/api/v3",
+            Preset::Mistral => "https://api.mistral.ai/v1",
+            Preset::Groq => "https://api.groq.com/openai/v1",
+            Preset::Openrouter => "https://openrouter.ai/api/v1",
+            Preset::Together => "https://api.together.xyz/v1",
+            Preset::Ollama => "http://127.0.0.1:11434/v1",
+            Preset::Anthropic => "https://api.anthropic.com/v1",
+            Preset::Gemini => "https://generativelanguage.googleapis.com/v1beta",
+            Preset::Custom => return None,
+        })
+    }
+}
+
+/// `[keys.NAME.validation]`: how to check a key before promoting it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Validation {
+    pub preset: Preset,
+    /// Replaces the preset's API root (proxies, regional endpoints, self-hosted gateways).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    /// `custom` only: HTTP method, default GET.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// `custom` only: the full URL to call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// `custom` only: header carrying the key, default `Authorization`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// `custom` only: text before the key in the header; default `"Bearer "` for
+    /// `Authorization`, `""` for any other header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// `custom` only: the status meaning "valid", default 200.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<u16>,
+    /// Per-request timeout, default 10s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<HumanDuration>,
+}
+
+impl Validation {
+    /// A preset with its default URL, for code and tests.
+    pub fn preset(preset: Preset) -> Self {
+        Validation {
+            preset,
+            base_url: None,
+            method: None,
+            url: None,
+            header: None,
+            prefix: None,
+            expect: None,
+            timeout: None,
+        }
+    }
+}
+
+/// The outcome of a key check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The provider accepted the key: safe to promote.
+    Valid,
+    /// The provider rejected the key (401/403): never promote it.
+    Invalid(String),
+    /// No answer either way (429, 5xx, timeouts, network errors after retries, odd statuses):
+    /// keep the current key and try again later.
+    Undecided(String),
+}
+
+/// Retry settings; separate so tests can use short delays.
+#[derive(Clone, Copy, Debug)]
+struct Retry {
+    min_delay: Duration,
+    max_tries: usize,
+    max_retry_after: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry { min_delay: Duration::from_millis(500), max_tries: 3, max_retry_after: Duration::from_secs(30) }
+    }
+}
+
+/// The request a [`Validation`] boils down to.
+struct Plan {
+    method: Method,
+    url: String,
+    header: HeaderName,
+    prefix: String,
+    extra: Vec<(HeaderName, HeaderValue)>,
+    expect: Option<StatusCode>,
+}
+
+enum Attempt {
+    Done(Verdict),
+    Retry { reason: String, retry_after: Option<Duration> },
+}
+
+impl Validation {
+    /// Checks the settings (custom fields only with `custom`, parsable URL, method and header),
+    /// so a typo shows up at config load instead of as an undecided rotation.
+    pub fn check(&self) -> Result<(), String> {
+        self.plan().map(|_| ())
+    }
+
+    fn plan(&self) -> Result<Plan, String> {
+        let custom_fields = self.method.is_some()
+            || self.url.is_some()
+            || self.header.is_some()
+            || self.prefix.is_some()
+            || self.expect.is_some();
+        let plan = match self.preset.default_base_url() {
+            Some(default) => {
+                if custom_fields {
+                    return Err(
+                        "validation: `method`, `url`, `header`, `prefix` and `expect` need preset = \"custom\"".into(),
+                    );
+                }
+                let base = self.base_url.as_deref().unwrap_or(default).trim_end_matches('/');
+                let url = format!("{base}/models");
+                let (header, prefix, extra) = match self.preset {
+                    Preset::Anthropic => (
+                        HeaderName::from_static("x-api-key"),
+                        String::new(),
+                        vec![(HeaderName::from_static("anthropic-version"), HeaderValue::from_static("2023-06-01"))],
+                    ),
+                    Preset::Gemini => (HeaderName::from_static("x-goog-api-key"), String::new(), Vec::new()),
+                    _ => (AUTHORIZATION, "Bearer ".to_string(), Vec::new()),
+                };
+                Plan { method: Method::GET, url, header, prefix, extra, expect: None }
+            }
+            None => {
+                if self.base_url.is_some() {
+                    return Err("validation: preset \"custom\" takes `url`, not `base_url`".into());
+                }
+                let url = self.url.clone().ok_or("validation: preset \"custom\" needs `url`")?;
+                let method = match self.method.as_deref() {
+                    None => Method::GET,
+                    Some(m) => Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                        .map_err(|_| format!("validation: invalid HTTP method {m:?}"))?,
+                };
+                let header = match self.header.as_deref() {
+                    None => AUTHORIZATION,
+                    Some(h) => HeaderName::from_bytes(h.as_bytes())
+                        .map_err(|_| format!("validation: invalid header name {h:?}"))?,
+                };
+                let prefix = self.prefix.clone().unwrap_or_else(|| {
+                    if header == AUTHORIZATION {
+                        "Bearer ".into()
+                    } else {
+                        String::new()
+                    }
+                });
+                let expect = match self.expect {
+                    None => StatusCode::OK,
+                    Some(code) => StatusCode::from_u16(code)
+                        .map_err(|_| format!("validation: `expect` {code} is not an HTTP status"))?,
+                };
+                Plan { method, url, header, prefix, extra: Vec::new(), expect: Some(expect) }
+            }
+        };
+        let parsed = url::Url::parse(&plan.url).map_err(|e| format!("validation: invalid URL {:?}: {e}", plan.url))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(format!("validation: URL {:?} must be http or https", plan.url));
+        }
+        Ok(plan)
+    }
+
+    /// Calls the provider with `key`. Retries 429, 408, 5xx, timeouts and network errors up to
+    /// 3 tries with jittered exponential backoff, waiting at least `Retry-After` seconds (capped
+    /// at 30 s) when the provider asks. Never follows redirects, so the key is only ever sent to
+    /// the configured host.
+    pub async fn validate(&self, key: &Secret) -> Verdict {
+        self.validate_with(key, Retry::default()).await
+    }
+
+    async fn validate_with(&self, key: &Secret, retry: Retry) -> Verdict {
+        let plan = match self.plan() {
+            Ok(p) => p,
+            Err(e) => return Verdict::Undecided(e),
+        };
+        let mut auth = match HeaderValue::from_str(&format!("{}{}", plan.prefix, key.expose())) {
+            Ok(v) => v,
+            Err(_) => return Verdict::Invalid("the key contains characters not allowed in an HTTP header".into()),
+        };
+        auth.set_sensitive(true);
+        let timeout = self.timeout.map_or(Duration::from_secs(10), HumanDuration::get);
+        let client =
+            match reqwest::Client::builder().timeout(timeout).redirect(reqwest::redirect::Policy::none()).build() {
+                Ok(c) => c,
+                Err(e) => return Verdict::Undecided(format!("could not build HTTP client: {e}")),
+            };
+        let mut backoff = ExponentialBuilder::default()
+            .with_min_delay(retry.min_delay)
+            .with_max_delay(retry.max_retry_after)
+            .with_jitter()
+            .with_max_times(retry.max_tries.saturating_sub(1))
+            .build();
+        loop {
+            match attempt(&client, &plan, &auth).await {
+                Attempt::Done(verdict) => return verdict,
+                Attempt::Retry { reason, retry_after } => match backoff.next() {
+                    None => return Verdict::Undecided(format!("{reason} (after {} tries)", retry.max_tries)),
+                    Some(delay) => {
+                        let delay = retry_after.map_or(delay, |ra| ra.min(retry.max_retry_after).max(delay));
+                        tokio::time::sleep(delay).await;
+                    }
+                },
+            }
+        }
+    }
+}
+
+async fn attempt(client: &reqwest::Client, plan: &Plan, auth: &HeaderValue) -> Attempt {
+    let mut request = client.request(plan.method.clone(), &plan.url).header(plan.header.clone(), auth.clone());
+    for (name, value) in &plan.extra {
+        request = request.header(name.clone(), value.clone());
+    }
+    let response = match request.send().await {
+        Ok(r) => r,
+        Err(e) if e.is_builder() => return Attempt::Done(Verdict::Undecided(format!("invalid request: {e}"))),
+        Err(e) => {
+            let kind = if e.is_timeout() { "timed out" } else { "request failed" };
+            return Attempt::Retry { reason: format!("{} {}: {e}", plan.method, kind), retry_after: None };
+        }
+    };
+    let status = response.status();
+    let valid = match plan.expect {
+        Some(expect) => status == expect,
+        None => status.is_success(),
+    };
+    if valid {
+        return Attempt::Done(Verdict::Valid);
+    }
+    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        return Attempt::Done(Verdict::Invalid(format!("{} rejected the key with {status}", plan.url)));
+    }
+    if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT || status.is_server_error() {
+        // Only the delay-seconds form; an HTTP-date falls back to our own backoff.
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        return Attempt::Retry { reason: format!("{} answered {status}", plan.url), retry_after };
+    }
+    Attempt::Done(Verdict::Undecided(format!("{} answered unexpected status {status}", plan.url)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    type Seen = Arc<Mutex<Vec<String>>>;
+
+    /// A one-connection-per-response HTTP/1.1 server answering `(status, extra header lines)`
+    /// in order, recording each request head (lowercased).
+    async fn serve(responses: Vec<(u16, &'static str)>) -> (String, Seen) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let seen: Seen = Arc::default();
+        let record = seen.clone();
+        tokio::spawn(async move {
+            for (status, headers) in responses {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = conn.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    head.extend_from_slice(&buf[..n]);
+                }
+                record.lock().unwrap().push(String::from_utf8_lossy(&head).to_lowercase());
+                let reply =
+                    format!("HTTP/1.1 {status} X\r\nContent-Length: 2\r\nConnection: close\r\n{headers}\r\n{{}}");
+                conn.write_all(reply.as_bytes()).await.unwrap();
+                conn.shutdown().await.unwrap();
+            }
+        });
+        (base, seen)
+    }
+
+    fn fast() -> Retry {
+        Retry { min_delay: Duration::from_millis(10), ..Retry::default() }
+    }
+
+    fn openai_at(base: &str) -> Validation {
+        Validation { base_url: Some(base.to_string()), ..Validation::preset(Preset::Openai) }
+    }
+
+    fn key() -> Secret {
+        Secret::new("sk-test-0123456789abcdef")
+    }
+
+    #[tokio::test]
+    async fn ok_sends_bearer_to_models() {
+        let (base, seen) = serve(vec![(200, "")]).await;
+        assert_eq!(openai_at(&base).validate_with(&key(), fast()).await, Verdict::Valid);
+        let seen = seen.lock().unwrap();
+        assert!(seen[0].starts_with("get /models http/1.1"), "{}", seen[0]);
+        assert!(seen[0].contains("authorization: bearer sk-test-0123456789abcdef"), "{}", seen[0]);
+    }
+
+    #[tokio::test]
+    async fn unauthorized_is_invalid_without_retry() {
+        let (base, seen) = serve(vec![(401, ""), (200, "")]).await;
+        let verdict = openai_at(&base).validate_with(&key(), fast()).await;
+        assert!(
+            matches!(verdict, Verdict::Invalid(ref m) if m.contains("401") && !m.contains("sk-test")),
+            "{verdict:?}"
+        );
+        assert_eq!(seen.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn honours_retry_after_then_valid() {
+        let (base, seen) = serve(vec![(429, "Retry-After: 1\r\n"), (200, "")]).await;
+        let start = std::time::Instant::now();
+        assert_eq!(openai_at(&base).validate_with(&key(), fast()).await, Verdict::Valid);
+        assert!(start.elapsed() >= Duration::from_millis(950), "{:?}", start.elapsed());
+        assert_eq!(seen.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn server_errors_three_times_are_undecided() {
+        let (base, seen) = serve(vec![(500, ""), (502, ""), (503, ""), (200, "")]).await;
+        let verdict = openai_at(&base).validate_with(&key(), fast()).await;
+        assert!(
+            matches!(verdict, Verdict::Undecided(ref m) if m.contains("503") && m.contains("3 tries")),
+            "{verdict:?}"
+        );
+        assert_eq!(seen.lock().unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn unexpected_status_is_undecided() {
+        let (base, _) = serve(vec![(404, "")]).await;
+        assert!(matches!(openai_at(&base).validate_with(&key(), fast()).await, Verdict::Undecided(_)));
+    }
+
+    #[tokio::test]
+    async fn network_errors_are_undecided() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let verdict = openai_at(&base).validate_with(&key(), fast()).await;
+        assert!(matches!(verdict, Verdict::Undecided(_)), "{verdict:?}");
+    }
+
+    #[tokio::test]
+    async fn anthropic_and_gemini_headers() {
+        let (base, seen) = serve(vec![(200, "")]).await;
+        let v = Validation { base_url: Some(base), ..Validation::preset(Preset::Anthropic) };
+        assert_eq!(v.validate_with(&key(), fast()).await, Verdict::Valid);
+        let head = seen.lock().unwrap()[0].clone();
+        assert!(head.starts_with("get /models "), "{head}");
+        assert!(head.contains("x-api-key: sk-test-0123456789abcdef"), "{head}");
+        assert!(head.contains("anthropic-version: 2023-06-01"), "{head}");
+        assert!(!head.contains("authorization:"), "{head}");
+
+        let (base, seen) = serve(vec![(200, "")]).await;
+        let v = Validation { base_url: Some(base), ..Validation::preset(Preset::Gemini) };
+        assert_eq!(v.validate_with(&key(), fast()).await, Verdict::Valid);
+        assert!(seen.lock().unwrap()[0].contains("x-goog-api-key: sk-test-0123456789abcdef"));
+    }
+
+    #[tokio::test]
+    async fn custom_method_header_and_expected_status() {
+        let (base, seen) = serve(vec![(204, "")]).await;
+        let v = Validation {
+            method: Some("post".into()),
+            url: Some(format!("{base}/v2/check")),
+            header: Some("X-Key".into()),
+            expect: Some(204),
+            ..Validation::preset(Preset::Custom)
+        };
+        assert_eq!(v.validate_with(&key(), fast()).await, Verdict::Valid);
+        let head = seen.lock().unwrap()[0].clone();
+        assert!(head.starts_with("post /v2/check "), "{head}");
+        assert!(head.contains("x-key: sk-test-0123456789abcdef"), "{head}");
+    }
+
+    #[test]
+    fn config_checks() {
+        assert!(Validation::preset(Preset::Custom).check().unwrap_err().contains("needs `url`"));
+        let stray = Validation { url: Some("https://x".into()), ..Validation::preset(Preset::Openai) };
+        assert!(stray.check().unwrap_err().contains("custom"));
+        let bad_url = Validation { base_url: Some("ftp://x".into()), ..Validation::preset(Preset::Openai) };
+        assert!(bad_url.check().is_err());
+        let v: Validation = toml::from_str("preset = \"deepseek\"").unwrap();
+        assert_eq!(v.check(), Ok(()));
+        assert!(toml::from_str::<Validation>("preset = \"openai\"\nbase = \"x\"").is_err());
+        assert_eq!(Preset::Groq.default_base_url(), Some("https://api.groq.com/openai/v1"));
+        assert_eq!(Preset::Ollama.default_base_url(), Some("http://127.0.0.1:11434/v1"));
+    }
+}
