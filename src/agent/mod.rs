@@ -103,6 +103,7 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
     let mut failures: u32 = 0;
     let mut last_full = Instant::now();
     let mut first_done = false;
+    let mut last_rotation_check = Instant::now() - cfg.agent.rotation_check_interval.get();
     let exit_code = loop {
         let started = Instant::now();
         let result = syncer.pass(full).await;
@@ -140,6 +141,10 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
             }
         }
         hooks.run_due().await;
+        if cfg.agent.rotate && last_rotation_check.elapsed() >= cfg.agent.rotation_check_interval.get() {
+            last_rotation_check = Instant::now();
+            rotate_due(&cfg, &session, &metrics).await;
+        }
 
         let poll = cfg.agent.poll_interval.get();
         let mut wait = if failures > 0 {
@@ -193,6 +198,24 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
     let _ = stop_tx.send(true);
     let _ = maintain.await;
     Ok(exit_code)
+}
+
+/// One round of rotation for every key with a provider (agent.rotate = true).
+async fn rotate_due(cfg: &Config, session: &Arc<Session>, metrics: &Arc<Metrics>) {
+    let kv = Kv::new(session.clone(), &cfg.kv.mount, &cfg.kv.prefix);
+    let store = KeyStore::new(kv, cfg.rotation.grace.get(), default_actor());
+    let clock = crate::rotation::SystemClock;
+    let engine = crate::rotation::Engine { store: &store, clock: &clock, metrics: Some(metrics) };
+    for name in cfg.keys.keys() {
+        match cfg.rotation_plan(name) {
+            Ok(Some(plan)) => match engine.step(&plan, false, "scheduled rotation").await {
+                Ok(outcome) => tracing::debug!(key = %name, ?outcome, "rotation check"),
+                Err(e) => tracing::warn!(key = %name, error = %e, "rotation step failed; retrying next check"),
+            },
+            Ok(None) => {}
+            Err(e) => tracing::warn!(key = %name, error = %e, "no rotation plan"),
+        }
+    }
 }
 
 /// Tells systemd (Type=notify) that the first render is done, when run under it.

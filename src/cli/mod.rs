@@ -5,6 +5,7 @@ mod import;
 mod keys;
 mod login;
 mod output;
+mod rotate;
 mod verify;
 
 use crate::config::{self, Config, ConfigSource};
@@ -140,6 +141,20 @@ pub enum Command {
         #[arg(required = true, last = true, value_name = "CMD")]
         command: Vec<String>,
     },
+    /// Rotate a key now (if due, or with --force), or every due key with --due.
+    Rotate {
+        name: Option<String>,
+        /// Rotate every key with a provider that is due.
+        #[arg(long, conflicts_with = "name")]
+        due: bool,
+        /// Rotate even if not due.
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff) to stdout.
@@ -274,6 +289,11 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
                 return keys::destroy_refused(&name, version);
             }
             keys::destroy(&open_store(&source).await?, &name, version, yes).await
+        }
+        Command::Rotate { name, due, force, reason, output } => {
+            let cfg = load_config(&source)?;
+            let store = open_store(&source).await?;
+            rotate::run(&cfg, &store, name.as_deref(), due, force, reason, output).await
         }
         Command::Completions { shell } => {
             use clap::CommandFactory;

@@ -50,6 +50,10 @@ pub struct AgentConfig {
     pub full_sync_interval: HumanDuration,
     /// Address of /metrics, /healthz, /readyz; "off" disables the endpoint.
     pub listen: String,
+    /// Rotate keys that have a `provider` when they fall due.
+    pub rotate: bool,
+    /// How often a rotating agent checks its keys' schedules (a few requests per key).
+    pub rotation_check_interval: HumanDuration,
 }
 
 impl Default for AgentConfig {
@@ -58,6 +62,8 @@ impl Default for AgentConfig {
             poll_interval: HumanDuration::from_secs(10),
             full_sync_interval: HumanDuration::from_secs(300),
             listen: "127.0.0.1:9464".into(),
+            rotate: false,
+            rotation_check_interval: HumanDuration::from_secs(60),
         }
     }
 }
@@ -71,6 +77,15 @@ pub struct KeyConfig {
     /// Run a command or signal a process when this key's files change.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub on_change: Option<OnChangeConfig>,
+    /// When to rotate (interval or cron schedule, max_age, grace, jitter, validate…).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<crate::rotation::RotationPolicy>,
+    /// Where new keys come from: generate | command | manual.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<crate::provider::ProviderConfig>,
+    /// How a new key is checked before promotion (a cheap authenticated GET).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validation: Option<crate::provider::Validation>,
 }
 
 /// `[keys.NAME.on_change]`: argv (no shell), or a signal to the pid in `pid_file`.
@@ -467,6 +482,16 @@ impl Config {
                 }
                 check_path(field, &sink.path)?;
             }
+            if let Some(policy) = &key.rotation {
+                policy.validate().map_err(|m| ConfigError::new(source, Some(&format!("keys.{name}.rotation")), m))?;
+            }
+            if let Some(p) = &key.provider {
+                crate::provider::Provider::from_config(p)
+                    .map_err(|e| ConfigError::new(source, Some(&format!("keys.{name}.provider")), e.to_string()))?;
+            }
+            if let Some(v) = &key.validation {
+                v.check().map_err(|m| ConfigError::new(source, Some(&format!("keys.{name}.validation")), m))?;
+            }
             if let Some(hook) = &key.on_change {
                 let field = format!("keys.{name}.on_change");
                 if hook.command.is_empty() && hook.signal.is_none() {
@@ -548,6 +573,21 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The rotation plan of `name`, if it has a provider.
+    pub fn rotation_plan(&self, name: &str) -> Result<Option<crate::rotation::KeyPlan>, String> {
+        let Some(key) = self.keys.get(name) else { return Ok(None) };
+        let Some(provider) = &key.provider else { return Ok(None) };
+        let policy = key.rotation.clone().unwrap_or_default();
+        let grace = policy.grace.map(|g| g.get()).unwrap_or(self.rotation.grace.get());
+        Ok(Some(crate::rotation::KeyPlan {
+            name: crate::store::KeyName::parse(name)?,
+            provider: crate::provider::Provider::from_config(provider).map_err(|e| e.to_string())?,
+            validation: key.validation.clone(),
+            policy,
+            grace,
+        }))
     }
 
     /// Every key some sink or exec variable renders.

@@ -63,7 +63,7 @@ pub struct ManualConfig {}
 /// quoted, and JSON problems are described by field name and type only.
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
-    #[error("this key is managed by hand (provider type \"manual\"): write a new one with `keysync set`")]
+    #[error("this key is managed by hand (provider type \"manual\"): write a new one with `keysync put`")]
     Manual,
     #[error("provider type \"{0}\" cannot revoke keys")]
     RevokeUnsupported(&'static str),

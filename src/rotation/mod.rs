@@ -3,7 +3,9 @@
 //! every agent evaluating the same metadata reaches the same answer and tests need no sleeping.
 
 mod clock;
+mod engine;
 mod policy;
 
 pub use clock::{Clock, FakeClock, SystemClock};
+pub use engine::{Engine, KeyPlan, Outcome};
 pub use policy::{decide, jitter_offset, parse_schedule, Decision, RotationPolicy};

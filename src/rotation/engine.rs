@@ -1,0 +1,308 @@
+//! The rotation engine: AWS Secrets Manager's four steps on KV v2 — create (mint, CAS-write
+//! as pending), validate, promote, retire — each idempotent and resumable from Vault state
+//! alone. Of several agents, the CAS write lets exactly one create a version; validating and
+//! promoting a given pending version give the same result whoever does them, and a loser
+//! revokes the key it minted so nothing is orphaned at the provider.
+
+use super::{decide, Clock, RotationPolicy};
+use crate::provider::{Provider, Validation, Verdict};
+use crate::store::{chrono_duration, KeyData, KeyName, KeyStore, PutOptions, StoreError, VersionRead};
+use crate::telemetry::{KeyLabel, KeyReasonLabel, KeyResultLabel, Metrics};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use std::time::Duration;
+
+/// Everything the engine needs to rotate one key.
+pub struct KeyPlan {
+    pub name: KeyName,
+    pub policy: RotationPolicy,
+    pub provider: Provider,
+    pub validation: Option<Validation>,
+    pub grace: Duration,
+}
+
+/// What one step did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Outcome {
+    NotDue {
+        next: DateTime<Utc>,
+    },
+    /// Due, but keysync cannot mint (manual provider): a person must `keysync put`.
+    Overdue {
+        since: DateTime<Utc>,
+    },
+    Rotated {
+        version: u64,
+        previous: Option<u64>,
+    },
+    /// Written, validation undecided (rate limit, outage): retried next cycle.
+    Pending {
+        version: u64,
+        why: String,
+    },
+    /// Failed validation: never promoted, revoked at the provider where possible.
+    Failed {
+        version: u64,
+        why: String,
+    },
+    /// Another agent created the version first; ours was revoked.
+    LostRace,
+}
+
+pub struct Engine<'a> {
+    pub store: &'a KeyStore,
+    pub clock: &'a dyn Clock,
+    pub metrics: Option<&'a Metrics>,
+}
+
+impl Engine<'_> {
+    /// Retires an expired previous key, resumes a pending version, or rotates if due (or
+    /// `force`). Safe to call from many agents at once and after a crash at any point.
+    pub async fn step(&self, plan: &KeyPlan, force: bool, reason: &str) -> Result<Outcome, StoreError> {
+        let name = &plan.name;
+        self.retire_if_due(plan).await?;
+        let record = self.store.require(name).await?;
+        if let Some(pending) = record.state.pending {
+            if !record.state.failed.contains(&pending) {
+                return self.validate_and_promote(plan, pending, reason).await;
+            }
+        }
+        let now = self.clock.now();
+        if let Some(outcome) = self.unrecorded_latest(plan, &record, now, reason).await? {
+            return Ok(outcome);
+        }
+        let last = record.current_since().unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let expires_at = match record.state.current {
+            Some(c) => match self.store.read(name, c).await? {
+                VersionRead::Live(d) => d
+                    .fields
+                    .get("expires_at")
+                    .and_then(Value::as_str)
+                    .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+                    .map(|t| t.with_timezone(&Utc)),
+                _ => None,
+            },
+            None => None,
+        };
+        let decision = decide(&plan.policy, last, expires_at, name.as_str(), now);
+        if let Some(m) = self.metrics {
+            let label = KeyLabel { key: name.to_string() };
+            m.key_next_rotation_timestamp_seconds.get_or_create(&label).set(decision.next.timestamp() as f64);
+            m.key_rotation_overdue.get_or_create(&label).set(i64::from(decision.overdue));
+        }
+        if !decision.due && !force {
+            return Ok(Outcome::NotDue { next: decision.next });
+        }
+        if matches!(plan.provider, Provider::Manual) {
+            tracing::warn!(key = %name, "rotation due but the key is managed by hand; put a new one with `keysync put`");
+            return Ok(Outcome::Overdue { since: decision.next });
+        }
+        self.create(plan, reason, &record).await
+    }
+
+    /// A latest version newer than anything the state knows was written by a keysync that
+    /// has not recorded it yet: another agent mid-rotation (leave it alone), or one that
+    /// crashed between the data write and the metadata update (adopt it as pending).
+    async fn unrecorded_latest(
+        &self,
+        plan: &KeyPlan,
+        record: &crate::store::KeyRecord,
+        now: DateTime<Utc>,
+        reason: &str,
+    ) -> Result<Option<Outcome>, StoreError> {
+        let s = &record.state;
+        let known = [s.current, s.pending, s.previous, s.fingerprints.keys().last().copied(), s.failed.last().copied()]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(0);
+        let latest = record.meta.current_version;
+        if latest <= known {
+            return Ok(None);
+        }
+        let VersionRead::Live(data) = self.store.read(&plan.name, latest).await? else { return Ok(None) };
+        if !data.fields.contains_key(crate::store::WRITTEN_BY_FIELD) {
+            return Ok(None); // written by hand: external, reported by `status`
+        }
+        let created = record.meta.versions.get(&latest).and_then(|m| m.created_time).unwrap_or(now);
+        if now - created < chrono::Duration::seconds(30) {
+            tracing::info!(key = %plan.name, version = latest, "another agent is creating a version; leaving it to them");
+            return Ok(Some(Outcome::LostRace));
+        }
+        tracing::warn!(key = %plan.name, version = latest, "found a version written by an interrupted rotation; adopting it as pending");
+        let fp = data.api_key.fingerprint();
+        self.store
+            .update_state(&plan.name, |_, st| {
+                st.pending = Some(latest);
+                st.fingerprints.insert(latest, fp);
+                Ok(())
+            })
+            .await?;
+        self.validate_and_promote(plan, latest, reason).await.map(Some)
+    }
+
+    async fn create(
+        &self,
+        plan: &KeyPlan,
+        reason: &str,
+        record: &crate::store::KeyRecord,
+    ) -> Result<Outcome, StoreError> {
+        let name = &plan.name;
+        let minted = plan
+            .provider
+            .mint()
+            .await
+            .map_err(|e| StoreError::Refused(format!("minting a key for {name} failed: {e}")))?;
+        let key_id = minted.key_id.clone();
+        let mut data = KeyData::new(minted.api_key);
+        for (k, v) in minted.fields {
+            data.fields.insert(k, Value::String(v));
+        }
+        if let Some(id) = &key_id {
+            data.fields.insert("key_id".into(), Value::String(id.clone()));
+        }
+        if let Some(exp) = minted.expires_at {
+            data.fields.insert("expires_at".into(), Value::String(exp.to_rfc3339()));
+        }
+        let opts = PutOptions { promote: false, reason: reason.to_string(), keep_fields: true };
+        let outcome = match self.store.put_from(name, data, &opts, Some(record.clone())).await {
+            Ok(o) => o,
+            Err(StoreError::Conflict { .. }) => {
+                self.revoke(plan, key_id.as_deref(), "lost the race to create the new version").await;
+                self.count(name, "lost_race");
+                return Ok(Outcome::LostRace);
+            }
+            Err(e) => {
+                // The write may or may not have landed; if not, don't leave the key live.
+                self.revoke(plan, key_id.as_deref(), "could not store the minted key").await;
+                return Err(e);
+            }
+        };
+        tracing::info!(key = %name, version = outcome.version, "created a pending version");
+        self.validate_and_promote(plan, outcome.version, reason).await
+    }
+
+    async fn validate_and_promote(&self, plan: &KeyPlan, version: u64, reason: &str) -> Result<Outcome, StoreError> {
+        let name = &plan.name;
+        let data = match self.store.read(name, version).await? {
+            VersionRead::Live(d) => d,
+            _ => {
+                self.store
+                    .update_state(name, |_, s| {
+                        s.failed.insert(version);
+                        s.pending = None;
+                        Ok(())
+                    })
+                    .await?;
+                return Ok(Outcome::Failed { version, why: "pending version has no data".into() });
+            }
+        };
+        if plan.policy.validate {
+            if let Some(v) = &plan.validation {
+                match v.validate(&data.api_key).await {
+                    Verdict::Valid => {}
+                    Verdict::Invalid(why) => {
+                        self.failure(name, "invalid");
+                        self.store
+                            .update_state(name, |_, s| {
+                                s.failed.insert(version);
+                                if s.pending == Some(version) {
+                                    s.pending = None;
+                                }
+                                Ok(())
+                            })
+                            .await?;
+                        let key_id = data.fields.get("key_id").and_then(Value::as_str);
+                        self.revoke(plan, key_id, "failed validation").await;
+                        self.count(name, "failed");
+                        return Ok(Outcome::Failed { version, why });
+                    }
+                    Verdict::Undecided(why) => {
+                        self.failure(name, "undecided");
+                        return Ok(Outcome::Pending { version, why });
+                    }
+                }
+            }
+        }
+        let now = self.clock.now();
+        let grace = plan.grace;
+        let actor = self.store.actor().to_string();
+        let reason = reason.to_string();
+        let mut previous = None;
+        self.store
+            .update_state(name, |_, s| {
+                if s.current == Some(version) {
+                    return Ok(()); // already promoted (by us before a crash, or a peer)
+                }
+                previous = s.current;
+                s.previous = s.current;
+                s.grace_until = s.current.map(|_| now + chrono_duration(grace));
+                s.current = Some(version);
+                if s.pending == Some(version) {
+                    s.pending = None;
+                }
+                s.rotated_at = Some(now);
+                s.rotated_by = Some(actor);
+                s.reason = Some(reason);
+                Ok(())
+            })
+            .await?;
+        self.count(name, "rotated");
+        tracing::info!(key = %name, version, "promoted");
+        Ok(Outcome::Rotated { version, previous })
+    }
+
+    /// After grace: revoke the previous key at the provider (when it can and the policy
+    /// wants it) and clear `previous`.
+    async fn retire_if_due(&self, plan: &KeyPlan) -> Result<(), StoreError> {
+        let name = &plan.name;
+        let record = self.store.require(name).await?;
+        let (Some(prev), Some(until)) = (record.state.previous, record.state.grace_until) else { return Ok(()) };
+        if until > self.clock.now() {
+            return Ok(());
+        }
+        if plan.policy.revoke_previous.unwrap_or(true) && plan.provider.can_revoke() {
+            if let VersionRead::Live(d) = self.store.read(name, prev).await? {
+                if let Some(id) = d.fields.get("key_id").and_then(Value::as_str) {
+                    plan.provider
+                        .revoke(id)
+                        .await
+                        .map_err(|e| StoreError::Refused(format!("revoking {name} v{prev} failed: {e}; will retry")))?;
+                }
+            }
+        }
+        self.store
+            .update_state(name, |_, s| {
+                if s.previous == Some(prev) {
+                    s.previous = None;
+                    s.grace_until = None;
+                }
+                Ok(())
+            })
+            .await?;
+        tracing::info!(key = %name, version = prev, "retired the previous key");
+        Ok(())
+    }
+
+    async fn revoke(&self, plan: &KeyPlan, key_id: Option<&str>, why: &str) {
+        let (Some(id), true) = (key_id, plan.provider.can_revoke()) else { return };
+        if let Err(e) = plan.provider.revoke(id).await {
+            tracing::error!(key = %plan.name, key_id = id, error = %e, "could not revoke a minted key ({why}); revoke it by hand");
+        }
+    }
+
+    fn count(&self, name: &KeyName, result: &str) {
+        if let Some(m) = self.metrics {
+            m.rotations_total.get_or_create(&KeyResultLabel { key: name.to_string(), result: result.into() }).inc();
+        }
+    }
+
+    fn failure(&self, name: &KeyName, reason: &str) {
+        if let Some(m) = self.metrics {
+            m.validation_failures_total
+                .get_or_create(&KeyReasonLabel { key: name.to_string(), reason: reason.into() })
+                .inc();
+        }
+    }
+}
