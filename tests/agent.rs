@@ -304,3 +304,57 @@ async fn exec_restarts_the_child_with_the_new_key() {
     agent.signal(libc::SIGTERM);
     assert_eq!(agent.wait(Duration::from_secs(10)), Some(0), "keysync exits with the child's status");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotating_agent_rotates_due_keys_and_rollback_reaches_files_within_a_poll() {
+    let server = DevServer::start();
+    let writer = store(&server, Duration::from_secs(60)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    put(&writer, "gateway", "sk-rot-initial-aaaaaaaaaaaaaaaa").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let config = d.join("keysync.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\npoll_interval = \"1s\"\nlisten = \"off\"\nrotate = true\nrotation_check_interval = \"1s\"\n\
+             [[keys.gateway.sinks]]\npath = \"{}/gateway.key\"\n\
+             [keys.gateway.provider]\ntype = \"generate\"\nprefix = \"sk-gw-\"\n\
+             [keys.gateway.rotation]\ninterval = \"1h\"\nmax_age = \"1s\"\ngrace = \"1h\"\n",
+            d.display()
+        ),
+    )
+    .unwrap();
+    let key_file = d.join("gateway.key");
+    let agent = Agent::start(&config, &server.addr, &server.root_token, &["run"], d);
+    // max_age 1 s makes the key overdue: the agent rotates it and renders the new key.
+    assert!(
+        eventually(Duration::from_secs(10), || read(&key_file).starts_with("sk-gw-")).await,
+        "{}",
+        agent.log_text()
+    );
+    let name = KeyName::parse("gateway").unwrap();
+    let record = writer.require(&name).await.unwrap();
+    assert!(record.state.current.unwrap() >= 2);
+    assert_eq!(record.state.rotated_by.as_deref().map(|b| b.is_empty()), Some(false));
+    // Stop rotating before rolling back, so the rollback is what the file shows.
+    let mut agent = agent;
+    agent.signal(libc::SIGTERM);
+    assert_eq!(agent.wait(Duration::from_secs(10)), Some(0));
+    std::fs::write(&config, std::fs::read_to_string(&config).unwrap().replace("rotate = true", "rotate = false"))
+        .unwrap();
+    let agent2 = Agent::start(&config, &server.addr, &server.root_token, &["run"], d);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let state = writer.rollback(&name, "test rollback").await.unwrap();
+    let t0 = Instant::now();
+    let keysync::store::VersionRead::Live(target) = writer.read(&name, state.current.unwrap()).await.unwrap() else {
+        panic!("rolled-back version has no data")
+    };
+    let want = target.api_key.expose().to_string();
+    assert!(
+        eventually(Duration::from_secs(3), || read(&key_file).trim() == want).await,
+        "rollback not rendered: {state:?}\n{}",
+        agent2.log_text()
+    );
+    assert!(t0.elapsed() < Duration::from_millis(1600), "rollback took {:?}", t0.elapsed());
+}
