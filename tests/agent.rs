@@ -101,6 +101,8 @@ keys = ["openai"]
 
     // After grace the previous file goes away.
     assert!(eventually(Duration::from_secs(8), || !prev_file.exists()).await, "previous not removed after grace");
+    // Removing the .previous file is a change too: its hook runs right after; let it finish.
+    assert!(eventually(Duration::from_secs(3), || read(&d.join("hook.log")).lines().count() == 3).await);
 
     // Identical content: a disable/enable round trip re-reads the key but writes nothing.
     let before = std::fs::metadata(&key_file).unwrap();

@@ -139,3 +139,140 @@ async fn three_agents_rotating_the_same_due_keys_make_one_version_each() {
         assert_eq!(status[0]["current"]["version"], 2);
     }
 }
+
+/// A local server that follows OpenAI's documented Admin API shapes for project service
+/// accounts, and answers `GET /v1/models` only for keys of live service accounts.
+mod fake_openai {
+    use axum::extract::{Path, State};
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::routing::{delete, get, post};
+    use axum::Router;
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+
+    pub const ADMIN_KEY: &str = "sk-admin-test-0123456789";
+
+    #[derive(Default)]
+    pub struct Accounts {
+        /// id → (key, deleted)
+        pub accounts: BTreeMap<String, (String, bool)>,
+        next: u32,
+    }
+
+    pub type Shared = Arc<Mutex<Accounts>>;
+
+    fn bearer(h: &HeaderMap) -> String {
+        h.get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("")
+            .to_string()
+    }
+
+    async fn create(
+        State(s): State<Shared>,
+        Path(project): Path<String>,
+        h: HeaderMap,
+        body: String,
+    ) -> (StatusCode, String) {
+        if bearer(&h) != ADMIN_KEY {
+            return (StatusCode::UNAUTHORIZED, r#"{"error":{"message":"Invalid admin key"}}"#.into());
+        }
+        let name =
+            serde_json::from_str::<serde_json::Value>(&body).ok().and_then(|v| v["name"].as_str().map(String::from));
+        let Some(name) = name else {
+            return (StatusCode::BAD_REQUEST, r#"{"error":{"message":"name is required"}}"#.into());
+        };
+        let mut s = s.lock().unwrap();
+        s.next += 1;
+        let id = format!("svc_acct_{}", s.next);
+        let key = format!("sk-svcacct-{project}-{:08}-secretpart", s.next);
+        s.accounts.insert(id.clone(), (key.clone(), false));
+        let body = serde_json::json!({
+            "object": "organization.project.service_account", "id": id, "name": name, "role": "member",
+            "created_at": 1711471533,
+            "api_key": {"object": "organization.project.service_account.api_key", "value": key, "name": "Secret Key",
+                        "created_at": 1711471533, "id": format!("key_{}", s.next)}
+        });
+        (StatusCode::OK, body.to_string())
+    }
+
+    async fn remove(
+        State(s): State<Shared>,
+        Path((_project, id)): Path<(String, String)>,
+        h: HeaderMap,
+    ) -> (StatusCode, String) {
+        if bearer(&h) != ADMIN_KEY {
+            return (StatusCode::UNAUTHORIZED, r#"{"error":{"message":"Invalid admin key"}}"#.into());
+        }
+        match s.lock().unwrap().accounts.get_mut(&id) {
+            Some(a) if !a.1 => {
+                a.1 = true;
+                let body = serde_json::json!({"object": "organization.project.service_account.deleted", "id": id, "deleted": true});
+                (StatusCode::OK, body.to_string())
+            }
+            _ => (StatusCode::NOT_FOUND, r#"{"error":{"message":"not found"}}"#.into()),
+        }
+    }
+
+    async fn models(State(s): State<Shared>, h: HeaderMap) -> (StatusCode, String) {
+        let key = bearer(&h);
+        let live = s.lock().unwrap().accounts.values().any(|(k, deleted)| *k == key && !deleted);
+        if live {
+            (StatusCode::OK, r#"{"object":"list","data":[]}"#.into())
+        } else {
+            (StatusCode::UNAUTHORIZED, r#"{"error":{"message":"Incorrect API key provided"}}"#.into())
+        }
+    }
+
+    pub async fn start() -> (String, Shared) {
+        let state: Shared = Arc::default();
+        let app = Router::new()
+            .route("/v1/organization/projects/{project}/service_accounts", post(create))
+            .route("/v1/organization/projects/{project}/service_accounts/{id}", delete(remove))
+            .route("/v1/models", get(models))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (addr, state)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_rotation_mints_validates_and_deletes_retired_service_accounts() {
+    let server = DevServer::start();
+    let (base, accounts) = fake_openai::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cli = Cli::new(&server, &server.root_token, dir.path());
+    cli.secrets = vec![fake_openai::ADMIN_KEY.into(), "secretpart".into()];
+    std::fs::write(dir.path().join("admin.key"), fake_openai::ADMIN_KEY).unwrap();
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "[keys.openai.provider]\ntype = \"openai\"\nproject_id = \"proj_test\"\nadmin_key_file = \"{}/admin.key\"\nbase_url = \"{base}\"\n\
+             [keys.openai.validation]\npreset = \"openai\"\nbase_url = \"{base}/v1\"\n\
+             [keys.openai.rotation]\ninterval = \"30d\"\ngrace = \"1s\"\n",
+            dir.path().display()
+        ),
+    );
+    cli.run_with_stdin(&["put", "openai"], "sk-proj-handmade-xxxxxxxxxxxxxxxx");
+    let out = cli.json(&["--config", &cfg, "rotate", "openai", "--force"]);
+    assert_eq!(out[0]["outcome"]["result"], "rotated", "{out}");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let out = cli.json(&["--config", &cfg, "rotate", "openai", "--force"]);
+    assert_eq!(out[0]["outcome"]["version"], 3, "{out}");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    cli.json(&["--config", &cfg, "rotate", "openai"]); // grace of v2 over: retire it
+    {
+        let a = accounts.lock().unwrap();
+        assert_eq!(a.accounts.len(), 2, "one service account per rotation");
+        assert!(a.accounts["svc_acct_1"].1, "the retired key's service account was deleted");
+        assert!(!a.accounts["svc_acct_2"].1, "the current key's service account is live");
+    }
+    let current = cli.ok(&["get", "openai", "--reveal"]);
+    assert_eq!(current.trim(), accounts.lock().unwrap().accounts["svc_acct_2"].0);
+    let got = cli.json(&["get", "openai"]);
+    assert_eq!(got["fields"]["key_id"], "svc_acct_2");
+    assert_eq!(got["fields"]["project_id"], "proj_test");
+}

@@ -5,10 +5,12 @@
 
 pub mod command;
 pub mod generate;
+pub mod openai;
 pub mod validate;
 
 pub use command::{CommandConfig, CommandProvider};
 pub use generate::{Charset, GenerateConfig};
+pub use openai::OpenAiConfig;
 pub use validate::{Preset, Validation, Verdict};
 
 use crate::secret::Secret;
@@ -50,7 +52,9 @@ pub enum ProviderConfig {
     Generate(GenerateConfig),
     /// An operator's script talks to the provider's admin API and prints the new key as JSON.
     Command(CommandConfig),
-    /// Keys are written by people (`keysync set`); keysync only distributes them.
+    /// OpenAI Admin API: one project service account per key version.
+    Openai(OpenAiConfig),
+    /// Keys are written by people (`keysync put`); keysync only distributes them.
     Manual(ManualConfig),
 }
 
@@ -91,6 +95,7 @@ pub enum ProviderError {
 pub enum Provider {
     Generate(GenerateConfig),
     Command(CommandProvider),
+    Openai(OpenAiConfig),
     Manual,
 }
 
@@ -103,6 +108,10 @@ impl Provider {
                 Ok(Provider::Generate(g.clone()))
             }
             ProviderConfig::Command(c) => Ok(Provider::Command(CommandProvider::new(c.clone())?)),
+            ProviderConfig::Openai(o) => {
+                o.check().map_err(ProviderError::Config)?;
+                Ok(Provider::Openai(o.clone()))
+            }
             ProviderConfig::Manual(_) => Ok(Provider::Manual),
         }
     }
@@ -114,6 +123,7 @@ impl Provider {
                 Ok(Minted { api_key: g.generate()?, key_id: None, expires_at: None, fields: BTreeMap::new() })
             }
             Provider::Command(c) => c.mint().await,
+            Provider::Openai(o) => o.mint().await,
             Provider::Manual => Err(ProviderError::Manual),
         }
     }
@@ -123,6 +133,7 @@ impl Provider {
         match self {
             Provider::Generate(_) => Err(ProviderError::RevokeUnsupported("generate")),
             Provider::Command(c) => c.revoke(key_id).await,
+            Provider::Openai(o) => o.revoke(key_id).await,
             Provider::Manual => Err(ProviderError::RevokeUnsupported("manual")),
         }
     }
@@ -131,6 +142,7 @@ impl Provider {
     pub fn can_revoke(&self) -> bool {
         match self {
             Provider::Command(c) => c.can_revoke(),
+            Provider::Openai(_) => true,
             Provider::Generate(_) | Provider::Manual => false,
         }
     }
