@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod failpoint;
 pub mod logging;
 pub mod provider;
 pub mod render;

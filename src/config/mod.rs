@@ -132,11 +132,14 @@ pub enum ExecOnChange {
 pub struct RotationConfig {
     /// How long the previous key stays valid (and rendered) after a new one is promoted.
     pub grace: HumanDuration,
+    /// A version written by keysync but not yet recorded in the metadata is adopted as
+    /// pending once it is this old (its writer crashed); younger, its writer is still at work.
+    pub adopt_after: HumanDuration,
 }
 
 impl Default for RotationConfig {
     fn default() -> Self {
-        RotationConfig { grace: HumanDuration::from_secs(24 * 3600) }
+        RotationConfig { grace: HumanDuration::from_secs(24 * 3600), adopt_after: HumanDuration::from_secs(30) }
     }
 }
 
@@ -587,6 +590,7 @@ impl Config {
             validation: key.validation.clone(),
             policy,
             grace,
+            adopt_after: self.rotation.adopt_after.get(),
         }))
     }
 

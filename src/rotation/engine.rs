@@ -19,6 +19,9 @@ pub struct KeyPlan {
     pub provider: Provider,
     pub validation: Option<Validation>,
     pub grace: Duration,
+    /// How old an unrecorded keysync-written version must be before it counts as left by a
+    /// crashed agent (and is adopted) rather than being written right now by a live one.
+    pub adopt_after: Duration,
 }
 
 /// What one step did.
@@ -126,7 +129,7 @@ impl Engine<'_> {
             return Ok(None); // written by hand: external, reported by `status`
         }
         let created = record.meta.versions.get(&latest).and_then(|m| m.created_time).unwrap_or(now);
-        if now - created < chrono::Duration::seconds(30) {
+        if now - created < chrono_duration(plan.adopt_after) {
             tracing::info!(key = %plan.name, version = latest, "another agent is creating a version; leaving it to them");
             return Ok(Some(Outcome::LostRace));
         }
@@ -180,6 +183,7 @@ impl Engine<'_> {
             }
         };
         tracing::info!(key = %name, version = outcome.version, "created a pending version");
+        crate::failpoint::hit("after_pending");
         self.validate_and_promote(plan, outcome.version, reason).await
     }
 
@@ -248,6 +252,7 @@ impl Engine<'_> {
                 Ok(())
             })
             .await?;
+        crate::failpoint::hit("after_promote");
         self.count(name, "rotated");
         tracing::info!(key = %name, version, "promoted");
         Ok(Outcome::Rotated { version, previous })

@@ -229,6 +229,7 @@ impl KeyStore {
             Err(VaultError::CasConflict { .. }) => return Err(self.conflict(name).await),
             Err(e) => return Err(e.into()),
         };
+        crate::failpoint::hit("put_after_data");
         let now = Utc::now();
         let mut after = before.clone();
         after.managed = true;
