@@ -12,3 +12,9 @@ path "secret/metadata/keysync/*" {
 path "secret/metadata/keysync" {
   capabilities = ["list"]
 }
+
+# Only for agent.report_renders = true: the agent's report of what it rendered, so rotating
+# agents can retire a previous key once every consumer switched.
+path "secret/data/keysync/_acks/*" {
+  capabilities = ["create", "update"]
+}

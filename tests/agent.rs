@@ -360,3 +360,49 @@ async fn a_rotating_agent_rotates_due_keys_and_rollback_reaches_files_within_a_p
     );
     assert!(t0.elapsed() < Duration::from_millis(1600), "rollback took {:?}", t0.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_previous_key_is_retired_early_once_every_reporting_agent_rendered_the_new_one() {
+    let server = DevServer::start();
+    let admin = server.admin();
+    let writer = store(&server, Duration::from_secs(3600)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    put(&writer, "gw", "sk-ack-initial-aaaaaaaaaaaaaaaaa").await;
+    let config = d.join("keysync.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\npoll_interval = \"1s\"\nlisten = \"off\"\nreport_renders = true\n\
+             [[keys.gw.sinks]]\npath = \"{}/gw.key\"\n\
+             [keys.gw.provider]\ntype = \"generate\"\n[keys.gw.rotation]\ninterval = \"30d\"\ngrace = \"1h\"\n",
+            d.display()
+        ),
+    )
+    .unwrap();
+    let _agent = Agent::start(&config, &server.addr, &server.root_token, &["run"], d);
+    assert!(eventually(Duration::from_secs(10), || d.join("gw.key").exists()).await);
+    let cli = support::Cli::new(&server, &server.root_token, d);
+    let cfg = config.display().to_string();
+    cli.ok(&["--config", &cfg, "rotate", "gw", "--force"]);
+    let status = cli.json(&["status", "gw"]);
+    let new_fp = status[0]["current"]["fingerprint"].as_str().unwrap().to_string();
+    assert_eq!(status[0]["previous"]["version"], 1, "grace keeps the previous key");
+    // Wait until the agent rendered and reported the new key.
+    let mut acked = false;
+    for _ in 0..50 {
+        let (_, list) = admin.try_read("secret/metadata/keysync/_acks?list=true").await;
+        if let Some(name) = list["data"]["keys"][0].as_str() {
+            let ack = admin.read(&format!("secret/data/keysync/_acks/{name}")).await;
+            if ack["data"]["data"]["keys"]["gw"] == new_fp.as_str() {
+                acked = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(acked, "agent never reported the new fingerprint");
+    cli.ok(&["--config", &cfg, "rotate", "gw"]);
+    let status = cli.json(&["status", "gw"]);
+    assert!(status[0]["previous"].is_null(), "retired before grace once consumers switched: {status}");
+}

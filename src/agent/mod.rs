@@ -103,6 +103,8 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
     let mut failures: u32 = 0;
     let mut last_full = Instant::now();
     let mut first_done = false;
+    let mut last_ack = std::collections::BTreeMap::new();
+    let mut last_ack_at = Instant::now();
     let mut last_rotation_check = Instant::now() - cfg.agent.rotation_check_interval.get();
     let exit_code = loop {
         let started = Instant::now();
@@ -125,6 +127,19 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
                     health.set_first_render_done();
                     tracing::info!(sinks = syncer.sink_count(), "first render done");
                     crate::agent::notify_ready();
+                }
+                if cfg.agent.report_renders {
+                    let rendered = syncer.rendered_fingerprints();
+                    if rendered != last_ack || last_ack_at.elapsed() >= cfg.agent.full_sync_interval.get() {
+                        let kv = Kv::new(session.clone(), &cfg.kv.mount, &cfg.kv.prefix);
+                        match kv.acks().report(&default_actor(), &rendered).await {
+                            Ok(()) => {
+                                last_ack = rendered;
+                                last_ack_at = Instant::now();
+                            }
+                            Err(e) => tracing::warn!(error = %e, "could not report rendered keys"),
+                        }
+                    }
                 }
                 for (key, (version, fp)) in &report.changed {
                     hooks.changed(key, *version, fp);

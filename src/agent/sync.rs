@@ -110,6 +110,21 @@ impl Syncer {
         self.cache.get(name).and_then(|c| c.current.as_ref()).map(|(v, k, _)| (*v, k.clone()))
     }
 
+    /// Fingerprints of the current keys whose every sink rendered successfully.
+    pub fn rendered_fingerprints(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for name in &self.keys {
+            let bound: Vec<&Binding> = self.bindings.iter().filter(|b| b.keys.contains(name)).collect();
+            if bound.is_empty() || bound.iter().any(|b| b.rendered.is_none()) {
+                continue;
+            }
+            if let Some(m) = self.material(name) {
+                out.insert(name.to_string(), m.fingerprint.clone());
+            }
+        }
+        out
+    }
+
     /// When the earliest grace period that still shows a previous key ends.
     pub fn next_grace_end(&self) -> Option<DateTime<Utc>> {
         let now = Utc::now();

@@ -54,6 +54,9 @@ pub struct AgentConfig {
     pub rotate: bool,
     /// How often a rotating agent checks its keys' schedules (a few requests per key).
     pub rotation_check_interval: HumanDuration,
+    /// Record the fingerprints this agent rendered under `<prefix>/_acks/<agent-id>`, so a
+    /// previous key is retired once every reporting agent switched (or grace ends).
+    pub report_renders: bool,
 }
 
 impl Default for AgentConfig {
@@ -64,6 +67,7 @@ impl Default for AgentConfig {
             listen: "127.0.0.1:9464".into(),
             rotate: false,
             rotation_check_interval: HumanDuration::from_secs(60),
+            report_renders: false,
         }
     }
 }
@@ -135,11 +139,18 @@ pub struct RotationConfig {
     /// A version written by keysync but not yet recorded in the metadata is adopted as
     /// pending once it is this old (its writer crashed); younger, its writer is still at work.
     pub adopt_after: HumanDuration,
+    /// Render reports older than this are ignored (the agent is gone); reporting agents
+    /// refresh theirs at every full sync.
+    pub ack_ttl: HumanDuration,
 }
 
 impl Default for RotationConfig {
     fn default() -> Self {
-        RotationConfig { grace: HumanDuration::from_secs(24 * 3600), adopt_after: HumanDuration::from_secs(30) }
+        RotationConfig {
+            grace: HumanDuration::from_secs(24 * 3600),
+            adopt_after: HumanDuration::from_secs(30),
+            ack_ttl: HumanDuration::from_secs(600),
+        }
     }
 }
 
@@ -591,6 +602,7 @@ impl Config {
             policy,
             grace,
             adopt_after: self.rotation.adopt_after.get(),
+            ack_ttl: self.rotation.ack_ttl.get(),
         }))
     }
 

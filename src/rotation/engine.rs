@@ -22,6 +22,8 @@ pub struct KeyPlan {
     /// How old an unrecorded keysync-written version must be before it counts as left by a
     /// crashed agent (and is adopted) rather than being written right now by a live one.
     pub adopt_after: Duration,
+    /// Render reports younger than this count when deciding to retire before grace ends.
+    pub ack_ttl: Duration,
 }
 
 /// What one step did.
@@ -264,7 +266,7 @@ impl Engine<'_> {
         let name = &plan.name;
         let record = self.store.require(name).await?;
         let (Some(prev), Some(until)) = (record.state.previous, record.state.grace_until) else { return Ok(()) };
-        if until > self.clock.now() {
+        if until > self.clock.now() && !self.every_reporting_agent_switched(plan, &record).await? {
             return Ok(());
         }
         if plan.policy.revoke_previous.unwrap_or(true) && plan.provider.can_revoke() {
@@ -288,6 +290,35 @@ impl Engine<'_> {
             .await?;
         tracing::info!(key = %name, version = prev, "retired the previous key");
         Ok(())
+    }
+
+    /// True when at least one agent reports renders (within `ack_ttl`) and all of them
+    /// rendered the current key: consumers switched, the previous key can go before grace ends.
+    async fn every_reporting_agent_switched(
+        &self,
+        plan: &KeyPlan,
+        record: &crate::store::KeyRecord,
+    ) -> Result<bool, StoreError> {
+        let Some(current_fp) = record.state.current.and_then(|c| record.state.fingerprints.get(&c)) else {
+            return Ok(false);
+        };
+        let now = self.clock.now();
+        let fresh: Vec<crate::store::Ack> = self
+            .store
+            .kv()
+            .acks()
+            .all()
+            .await?
+            .into_iter()
+            .map(|(_, a)| a)
+            .filter(|a| a.seen_at.is_some_and(|t| now - t < chrono_duration(plan.ack_ttl)))
+            .filter(|a| a.keys.contains_key(plan.name.as_str()))
+            .collect();
+        let switched = !fresh.is_empty() && fresh.iter().all(|a| a.keys.get(plan.name.as_str()) == Some(current_fp));
+        if switched {
+            tracing::info!(key = %plan.name, agents = fresh.len(), "every reporting agent renders the current key; retiring the previous one early");
+        }
+        Ok(switched)
     }
 
     async fn revoke(&self, plan: &KeyPlan, key_id: Option<&str>, why: &str) {

@@ -90,6 +90,11 @@ impl Kv {
         &self.session
     }
 
+    /// Render acknowledgements under the same mount and prefix.
+    pub fn acks(&self) -> super::Acks {
+        super::Acks::new(self.session.clone(), &self.mount, &self.prefix)
+    }
+
     /// The change index under the same mount and prefix.
     pub fn index(&self) -> super::Index {
         super::Index::new(self.session.clone(), &self.mount, &self.prefix)

@@ -4,11 +4,13 @@
 //! Every new version is written with check-and-set, so of several writers exactly one wins;
 //! state changes are merge-PATCHes of only the fields that changed.
 
+mod acks;
 mod index;
 mod kv;
 mod name;
 mod state;
 
+pub use acks::{ack_id, Ack, Acks};
 pub use index::{Index, IndexEntry, IndexSnapshot, INDEX_NAME};
 pub use kv::{KeyData, Kv, Metadata, VersionMeta, VersionRead};
 pub use name::KeyName;
