@@ -276,3 +276,36 @@ async fn openai_rotation_mints_validates_and_deletes_retired_service_accounts() 
     assert_eq!(got["fields"]["key_id"], "svc_acct_2");
     assert_eq!(got["fields"]["project_id"], "proj_test");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_put_key_that_the_provider_refuses_is_not_stored() {
+    let server = DevServer::start();
+    let (base, accounts) = fake_openai::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cli = Cli::new(&server, &server.root_token, dir.path());
+    cli.secrets = vec!["sk-typo-key-xxxxxxxxxxxxxxxxxx".into()];
+    let cfg = config(
+        dir.path(),
+        &format!("[keys.openai.provider]\ntype = \"manual\"\n[keys.openai.validation]\npreset = \"openai\"\nbase_url = \"{base}/v1\"\n"),
+    );
+    let (code, _, stderr) = cli.run_with_stdin(&["--config", &cfg, "put", "openai"], "sk-typo-key-xxxxxxxxxxxxxxxxxx");
+    assert_eq!(code, 1);
+    assert!(stderr.contains("not stored") && stderr.contains("refused"), "{stderr}");
+    let (status, _) = server.admin().try_read("secret/metadata/keysync/openai").await;
+    assert_eq!(status, 404, "nothing written");
+    // A key the provider knows goes through.
+    std::fs::write(dir.path().join("admin.key"), fake_openai::ADMIN_KEY).unwrap();
+    let minted = keysync::provider::OpenAiConfig {
+        project_id: "proj_x".into(),
+        admin_key_file: dir.path().join("admin.key"),
+        base_url: base.clone(),
+        name_prefix: "t".into(),
+        timeout: keysync::config::HumanDuration::from_secs(5),
+    }
+    .mint()
+    .await
+    .unwrap();
+    assert_eq!(accounts.lock().unwrap().accounts.len(), 1);
+    let (code, _, stderr) = cli.run_with_stdin(&["--config", &cfg, "put", "openai"], minted.api_key.expose());
+    assert_eq!(code, 0, "{stderr}");
+}

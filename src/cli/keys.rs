@@ -484,3 +484,21 @@ pub async fn destroy(store: &KeyStore, name: &KeyName, version: u64, yes: bool) 
     println!("{name}: version {version} destroyed (fingerprint kept for audit)");
     Ok(())
 }
+
+/// A key put by hand for a key with `[keys.NAME.validation]` is checked with the provider
+/// before it becomes current: a key the provider refuses must never reach consumers.
+pub async fn validate_before_promote(
+    name: &KeyName,
+    key: &Secret,
+    validation: &crate::provider::Validation,
+) -> Result<(), CliError> {
+    match validation.validate(key).await {
+        crate::provider::Verdict::Valid => Ok(()),
+        crate::provider::Verdict::Invalid(why) => Err(CliError::failed(format!(
+            "not stored: the provider refused the key for {name} ({why}); check the key, or store it unpromoted with --no-promote"
+        ))),
+        crate::provider::Verdict::Undecided(why) => Err(CliError::failed(format!(
+            "not stored: could not validate the key for {name} ({why}); try again, or store it unpromoted with --no-promote"
+        ))),
+    }
+}

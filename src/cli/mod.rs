@@ -244,6 +244,12 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
             let name = keys::parse_name(&name)?;
             let fields = keys::parse_fields(&fields)?;
             let key = keys::read_key(file.as_deref(), &name)?;
+            let cfg = load_config(&source)?;
+            if !no_promote {
+                if let Some(validation) = cfg.keys.get(name.as_str()).and_then(|k| k.validation.as_ref()) {
+                    keys::validate_before_promote(&name, &key, validation).await?;
+                }
+            }
             let store = open_store(&source).await?;
             keys::put(&store, &name, key, fields, !no_promote, reason, output).await
         }
