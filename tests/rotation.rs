@@ -7,8 +7,10 @@ use std::path::Path;
 use std::time::Duration;
 use support::{Cli, DevServer};
 
+/// Writes the rotation config beside (not as) the working directory's keysync.toml, so the
+/// plain `put` calls that set up a test do not pick it up.
 fn config(dir: &Path, body: &str) -> String {
-    let path = dir.join("keysync.toml");
+    let path = dir.join("rotation.toml");
     std::fs::write(&path, body).unwrap();
     path.display().to_string()
 }
@@ -156,6 +158,8 @@ mod fake_openai {
     pub struct Accounts {
         /// id → (key, deleted)
         pub accounts: BTreeMap<String, (String, bool)>,
+        /// id → (name, created_at)
+        pub names: BTreeMap<String, (String, i64)>,
         next: u32,
     }
 
@@ -188,12 +192,32 @@ mod fake_openai {
         let id = format!("svc_acct_{}", s.next);
         let key = format!("sk-svcacct-{project}-{:08}-secretpart", s.next);
         s.accounts.insert(id.clone(), (key.clone(), false));
+        s.names.insert(id.clone(), (name.clone(), chrono::Utc::now().timestamp()));
         let body = serde_json::json!({
             "object": "organization.project.service_account", "id": id, "name": name, "role": "member",
             "created_at": 1711471533,
             "api_key": {"object": "organization.project.service_account.api_key", "value": key, "name": "Secret Key",
                         "created_at": 1711471533, "id": format!("key_{}", s.next)}
         });
+        (StatusCode::OK, body.to_string())
+    }
+
+    async fn list(State(s): State<Shared>, Path(_project): Path<String>, h: HeaderMap) -> (StatusCode, String) {
+        if bearer(&h) != ADMIN_KEY {
+            return (StatusCode::UNAUTHORIZED, r#"{"error":{"message":"Invalid admin key"}}"#.into());
+        }
+        let s = s.lock().unwrap();
+        let data: Vec<serde_json::Value> = s
+            .accounts
+            .iter()
+            .filter(|(_, (_, deleted))| !deleted)
+            .map(|(id, _)| {
+                let (name, created) = s.names.get(id).cloned().unwrap_or_default();
+                serde_json::json!({"object": "organization.project.service_account", "id": id, "name": name, "role": "member", "created_at": created})
+            })
+            .collect();
+        let body =
+            serde_json::json!({"object": "list", "data": data, "first_id": null, "last_id": null, "has_more": false});
         (StatusCode::OK, body.to_string())
     }
 
@@ -228,7 +252,7 @@ mod fake_openai {
     pub async fn start() -> (String, Shared) {
         let state: Shared = Arc::default();
         let app = Router::new()
-            .route("/v1/organization/projects/{project}/service_accounts", post(create))
+            .route("/v1/organization/projects/{project}/service_accounts", post(create).get(list))
             .route("/v1/organization/projects/{project}/service_accounts/{id}", delete(remove))
             .route("/v1/models", get(models))
             .with_state(state.clone());
@@ -308,4 +332,39 @@ async fn a_hand_put_key_that_the_provider_refuses_is_not_stored() {
     assert_eq!(accounts.lock().unwrap().accounts.len(), 1);
     let (code, _, stderr) = cli.run_with_stdin(&["--config", &cfg, "put", "openai"], minted.api_key.expose());
     assert_eq!(code, 0, "{stderr}");
+}
+
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_right_after_minting_leaves_no_orphan_service_account() {
+    let server = DevServer::start();
+    let (base, accounts) = fake_openai::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cli = Cli::new(&server, &server.root_token, dir.path());
+    std::fs::write(dir.path().join("admin.key"), fake_openai::ADMIN_KEY).unwrap();
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "[rotation]\nadopt_after = \"1s\"\n[keys.openai.provider]\ntype = \"openai\"\nproject_id = \"proj_test\"\nadmin_key_file = \"{}/admin.key\"\nbase_url = \"{base}\"\n[keys.openai.rotation]\ninterval = \"30d\"\n",
+            dir.path().display()
+        ),
+    );
+    cli.run_with_stdin(&["put", "openai"], "sk-proj-handmade-xxxxxxxxxxxxxxxx");
+    for run in 0..3 {
+        let out = cli
+            .command(&["--config", &cfg, "rotate", "openai", "--force"])
+            .env("KEYSYNC_FAILPOINT", "after_mint")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "run {run}: the failpoint should have killed keysync");
+    }
+    assert_eq!(accounts.lock().unwrap().accounts.values().filter(|(_, d)| !d).count(), 3, "three orphans minted");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let out = cli.json(&["--config", &cfg, "rotate", "openai", "--force"]);
+    assert_eq!(out[0]["outcome"]["result"], "rotated", "{out}");
+    let a = accounts.lock().unwrap();
+    let live: Vec<&String> = a.accounts.iter().filter(|(_, (_, d))| !d).map(|(id, _)| id).collect();
+    assert_eq!(live, vec!["svc_acct_4"], "only the stored key's service account is left");
+    let status = cli.json(&["status", "openai"]);
+    assert_eq!(status[0]["latest_version"], 2, "exactly one promotion");
 }

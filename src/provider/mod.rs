@@ -128,6 +128,14 @@ impl Provider {
         }
     }
 
+    /// [`Self::mint`] for a named key (providers that label what they create use the name).
+    pub async fn mint_for(&self, key: &str) -> Result<Minted, ProviderError> {
+        match self {
+            Provider::Openai(o) => o.mint_for(key).await,
+            other => other.mint().await,
+        }
+    }
+
     /// Revokes a retired key at the provider (step 4), by the id returned when it was minted.
     pub async fn revoke(&self, key_id: &str) -> Result<(), ProviderError> {
         match self {

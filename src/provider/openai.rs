@@ -80,9 +80,19 @@ impl OpenAiConfig {
             .map_err(|e| ProviderError::Config(format!("cannot build the HTTP client: {e}")))
     }
 
+    /// Service accounts keysync creates for `key` are named `<name_prefix>-<key>-<unix time>`,
+    /// which is how [`Self::reconcile`] finds the ones a crash left behind.
+    fn account_prefix(&self, key: &str) -> String {
+        format!("{}-{key}-", self.name_prefix)
+    }
+
     pub async fn mint(&self) -> Result<Minted, ProviderError> {
+        self.mint_for("key").await
+    }
+
+    pub async fn mint_for(&self, key: &str) -> Result<Minted, ProviderError> {
         let admin = self.admin_key()?;
-        let name = format!("{}-{}", self.name_prefix, chrono::Utc::now().timestamp());
+        let name = format!("{}{}", self.account_prefix(key), chrono::Utc::now().timestamp());
         let resp = self
             .client()?
             .post(self.url(""))
@@ -112,6 +122,48 @@ impl OpenAiConfig {
             fields.insert("api_key_id".into(), id.to_string());
         }
         Ok(Minted { api_key: Secret::new(value), key_id: Some(account.to_string()), expires_at: None, fields })
+    }
+
+    /// Deletes service accounts keysync created for `key` that no stored version refers to
+    /// and that are older than `older_than`: keys minted by an agent that crashed before it
+    /// could store them. Returns the ids deleted.
+    pub async fn reconcile(
+        &self,
+        key: &str,
+        referenced: &std::collections::BTreeSet<String>,
+        older_than: Duration,
+    ) -> Result<Vec<String>, ProviderError> {
+        let admin = self.admin_key()?;
+        let resp = self
+            .client()?
+            .get(self.url("?limit=100"))
+            .bearer_auth(admin.expose())
+            .send()
+            .await
+            .map_err(|e| api_error("list service accounts", &e.without_url().to_string()))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| api_error("list service accounts", &e.to_string()))?;
+        if !status.is_success() {
+            return Err(api_error("list service accounts", &format!("HTTP {status}: {}", error_message(&bytes))));
+        }
+        let body: Value =
+            serde_json::from_slice(&bytes).map_err(|_| api_error("list service accounts", "the answer is not JSON"))?;
+        let prefix = self.account_prefix(key);
+        let cutoff = chrono::Utc::now().timestamp() - older_than.as_secs() as i64;
+        let mut deleted = Vec::new();
+        for account in body.get("data").and_then(Value::as_array).into_iter().flatten() {
+            let (Some(id), Some(name)) =
+                (account.get("id").and_then(Value::as_str), account.get("name").and_then(Value::as_str))
+            else {
+                continue;
+            };
+            let created = account.get("created_at").and_then(Value::as_i64).unwrap_or(i64::MAX);
+            if name.starts_with(&prefix) && !referenced.contains(id) && created <= cutoff {
+                self.revoke(id).await?;
+                deleted.push(id.to_string());
+            }
+        }
+        Ok(deleted)
     }
 
     /// Deletes the service account (and so its key). Already gone (404) counts as done.

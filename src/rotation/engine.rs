@@ -154,11 +154,13 @@ impl Engine<'_> {
         record: &crate::store::KeyRecord,
     ) -> Result<Outcome, StoreError> {
         let name = &plan.name;
+        self.reconcile(plan, record).await;
         let minted = plan
             .provider
-            .mint()
+            .mint_for(name.as_str())
             .await
             .map_err(|e| StoreError::Refused(format!("minting a key for {name} failed: {e}")))?;
+        crate::failpoint::hit("after_mint");
         let key_id = minted.key_id.clone();
         let mut data = KeyData::new(minted.api_key);
         for (k, v) in minted.fields {
@@ -319,6 +321,37 @@ impl Engine<'_> {
             tracing::info!(key = %plan.name, agents = fresh.len(), "every reporting agent renders the current key; retiring the previous one early");
         }
         Ok(switched)
+    }
+
+    /// Before minting: delete provider keys an earlier, crashed rotation minted but never
+    /// stored (only providers that can list what they created: openai).
+    async fn reconcile(&self, plan: &KeyPlan, record: &crate::store::KeyRecord) {
+        let crate::provider::Provider::Openai(openai) = &plan.provider else { return };
+        let mut referenced = std::collections::BTreeSet::new();
+        for (v, meta) in &record.meta.versions {
+            if meta.destroyed {
+                continue;
+            }
+            match self.store.read(&plan.name, *v).await {
+                Ok(VersionRead::Live(d)) => {
+                    if let Some(id) = d.fields.get("key_id").and_then(Value::as_str) {
+                        referenced.insert(id.to_string());
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(key = %plan.name, error = %e, "cannot read every version; skipping orphan cleanup");
+                    return;
+                }
+            }
+        }
+        match openai.reconcile(plan.name.as_str(), &referenced, plan.adopt_after).await {
+            Ok(deleted) if !deleted.is_empty() => {
+                tracing::warn!(key = %plan.name, ?deleted, "deleted service accounts minted by an interrupted rotation")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(key = %plan.name, error = %e, "could not check the provider for orphaned keys"),
+        }
     }
 
     async fn revoke(&self, plan: &KeyPlan, key_id: Option<&str>, why: &str) {
