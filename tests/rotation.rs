@@ -106,6 +106,9 @@ async fn a_key_that_fails_validation_is_never_promoted_and_is_revoked() {
     assert_eq!(status[0]["failed_versions"], serde_json::json!([2]));
     assert!(status[0]["pending"].is_null());
     assert_eq!(std::fs::read_to_string(dir.path().join("revoked")).unwrap(), "id-bad\n");
+    let audit = cli.json(&["audit", "llm"]);
+    assert_eq!(audit["versions"][0]["destroyed"], true, "refused key data destroyed: {audit}");
+    assert!(audit["versions"][0]["fingerprint"].as_str().is_some_and(|f| f.starts_with("sha256:")));
     assert_eq!(cli.ok(&["get", "llm", "--reveal"]).trim(), "sk-good-current-xxxxxxxxxxxxxxx");
 }
 

@@ -223,6 +223,10 @@ impl Engine<'_> {
                             .await?;
                         let key_id = data.fields.get("key_id").and_then(Value::as_str);
                         self.revoke(plan, key_id, "failed validation").await;
+                        // The refused key's data goes; its fingerprint stays for audit.
+                        if let Err(e) = self.store.kv().destroy(name, &[version]).await {
+                            tracing::warn!(key = %name, version, error = %e, "could not destroy the refused version's data");
+                        }
                         self.count(name, "failed");
                         return Ok(Outcome::Failed { version, why });
                     }
