@@ -371,3 +371,64 @@ async fn a_crash_right_after_minting_leaves_no_orphan_service_account() {
     let status = cli.json(&["status", "openai"]);
     assert_eq!(status[0]["latest_version"], 2, "exactly one promotion");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_anthropic_key_is_set_inactive_after_grace() {
+    use axum::extract::{Path as AxPath, State};
+    use axum::http::{HeaderMap, StatusCode};
+    use std::sync::{Arc, Mutex};
+    type Log = Arc<Mutex<Vec<String>>>;
+    async fn update(
+        State(log): State<Log>,
+        AxPath(id): AxPath<String>,
+        h: HeaderMap,
+        body: String,
+    ) -> (StatusCode, String) {
+        let admin = h.get("x-api-key").and_then(|v| v.to_str().ok()) == Some("sk-ant-admin-test-000000");
+        let version = h.get("anthropic-version").is_some();
+        if !admin || !version {
+            return (StatusCode::UNAUTHORIZED, r#"{"type":"error","error":{"type":"authentication_error"}}"#.into());
+        }
+        let status =
+            serde_json::from_str::<serde_json::Value>(&body).ok().and_then(|v| v["status"].as_str().map(String::from));
+        log.lock().unwrap().push(format!("{id}={}", status.unwrap_or_default()));
+        (StatusCode::OK, format!(r#"{{"id":"{id}","type":"api_key","status":"inactive"}}"#))
+    }
+    let log: Log = Arc::default();
+    let app = axum::Router::new()
+        .route("/v1/organizations/api_keys/{id}", axum::routing::post(update))
+        .with_state(log.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let server = DevServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cli = Cli::new(&server, &server.root_token, dir.path());
+    cli.secrets = vec!["sk-ant-admin-test-000000".into()];
+    std::fs::write(dir.path().join("admin.key"), "sk-ant-admin-test-000000").unwrap();
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "[keys.claude.provider]\ntype = \"manual\"\nrevoke = {{ anthropic = {{ admin_key_file = \"{}/admin.key\", base_url = \"{base}\" }} }}\n[keys.claude.rotation]\nmax_age = \"90d\"\ngrace = \"1s\"\n",
+            dir.path().display()
+        ),
+    );
+    cli.run_with_stdin(
+        &["--config", &cfg, "put", "claude", "--field", "key_id=apikey_01"],
+        "sk-ant-api03-first-xxxxxxxxxxxx",
+    );
+    cli.run_with_stdin(
+        &["--config", &cfg, "put", "claude", "--field", "key_id=apikey_02"],
+        "sk-ant-api03-second-xxxxxxxxxxx",
+    );
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let out = cli.json(&["--config", &cfg, "rotate", "claude"]);
+    assert_eq!(out[0]["outcome"]["result"], "not_due", "manual keys are never minted: {out}");
+    assert_eq!(*log.lock().unwrap(), vec!["apikey_01=inactive".to_string()], "the retired key was set inactive");
+    let status = cli.json(&["status", "claude"]);
+    assert!(status[0]["previous"].is_null());
+    let (code, stdout, _) = cli.run(&["--config", &cfg, "rotate", "claude", "--force"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("OVERDUE") && stdout.contains("keysync put claude"), "{stdout}");
+}

@@ -250,7 +250,10 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
                     keys::validate_before_promote(&name, &key, validation).await?;
                 }
             }
-            let store = open_store(&source).await?;
+            let mut store = open_store(&source).await?;
+            if let Some(grace) = cfg.keys.get(name.as_str()).and_then(|k| k.rotation.as_ref()).and_then(|p| p.grace) {
+                store = store.with_grace(grace.get());
+            }
             keys::put(&store, &name, key, fields, !no_promote, reason, output).await
         }
         Command::Get { name, version, reveal, output } => {

@@ -3,6 +3,7 @@
 //! LLM provider's API before it is promoted. No Vault access here; the rotation engine wires
 //! these into the create/validate/promote/retire steps.
 
+pub mod anthropic;
 pub mod command;
 pub mod generate;
 pub mod openai;
@@ -61,7 +62,18 @@ pub enum ProviderConfig {
 /// `type = "manual"` takes no settings; the struct exists so unknown fields are refused.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct ManualConfig {}
+pub struct ManualConfig {
+    /// Revoke retired keys at the provider: `revoke = { anthropic = { admin_key_file = "…" } }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoke: Option<ManualRevoke>,
+}
+
+/// Revocation presets for keys made by hand.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum ManualRevoke {
+    Anthropic(anthropic::AnthropicRevoke),
+}
 
 /// Why minting or revoking failed. Messages never contain a key: command stdout is never
 /// quoted, and JSON problems are described by field name and type only.
@@ -96,7 +108,7 @@ pub enum Provider {
     Generate(GenerateConfig),
     Command(CommandProvider),
     Openai(OpenAiConfig),
-    Manual,
+    Manual(ManualConfig),
 }
 
 impl Provider {
@@ -112,7 +124,12 @@ impl Provider {
                 o.check().map_err(ProviderError::Config)?;
                 Ok(Provider::Openai(o.clone()))
             }
-            ProviderConfig::Manual(_) => Ok(Provider::Manual),
+            ProviderConfig::Manual(m) => {
+                if let Some(ManualRevoke::Anthropic(a)) = &m.revoke {
+                    a.check().map_err(ProviderError::Config)?;
+                }
+                Ok(Provider::Manual(m.clone()))
+            }
         }
     }
 
@@ -124,7 +141,7 @@ impl Provider {
             }
             Provider::Command(c) => c.mint().await,
             Provider::Openai(o) => o.mint().await,
-            Provider::Manual => Err(ProviderError::Manual),
+            Provider::Manual(_) => Err(ProviderError::Manual),
         }
     }
 
@@ -142,7 +159,8 @@ impl Provider {
             Provider::Generate(_) => Err(ProviderError::RevokeUnsupported("generate")),
             Provider::Command(c) => c.revoke(key_id).await,
             Provider::Openai(o) => o.revoke(key_id).await,
-            Provider::Manual => Err(ProviderError::RevokeUnsupported("manual")),
+            Provider::Manual(ManualConfig { revoke: Some(ManualRevoke::Anthropic(a)) }) => a.revoke(key_id).await,
+            Provider::Manual(_) => Err(ProviderError::RevokeUnsupported("manual")),
         }
     }
 
@@ -151,7 +169,8 @@ impl Provider {
         match self {
             Provider::Command(c) => c.can_revoke(),
             Provider::Openai(_) => true,
-            Provider::Generate(_) | Provider::Manual => false,
+            Provider::Manual(m) => m.revoke.is_some(),
+            Provider::Generate(_) => false,
         }
     }
 }
@@ -169,7 +188,7 @@ mod tests {
         let c: ProviderConfig = toml::from_str("type = \"command\"\ncommand = [\"mint\"]").unwrap();
         assert!(matches!(c, ProviderConfig::Command(_)));
         let m: ProviderConfig = toml::from_str("type = \"manual\"").unwrap();
-        assert_eq!(m, ProviderConfig::Manual(ManualConfig {}));
+        assert_eq!(m, ProviderConfig::Manual(ManualConfig { revoke: None }));
         assert!(toml::from_str::<ProviderConfig>("type = \"manual\"\nfoo = 1").is_err());
         assert!(toml::from_str::<ProviderConfig>("type = \"generate\"\nlenght = 40").is_err());
         assert!(toml::from_str::<ProviderConfig>("type = \"command\"\ncommand = [\"x\"]\nshell = true").is_err());
@@ -185,7 +204,7 @@ mod tests {
         assert!(matches!(generate.revoke("x").await, Err(ProviderError::RevokeUnsupported("generate"))));
         assert!(!format!("{minted:?}").contains(minted.api_key.expose()));
 
-        let manual = Provider::from_config(&ProviderConfig::Manual(ManualConfig {})).unwrap();
+        let manual = Provider::from_config(&ProviderConfig::Manual(ManualConfig { revoke: None })).unwrap();
         assert!(matches!(manual.mint().await, Err(ProviderError::Manual)));
         assert!(!manual.can_revoke());
 

@@ -99,7 +99,7 @@ impl Engine<'_> {
         if !decision.due && !force {
             return Ok(Outcome::NotDue { next: decision.next });
         }
-        if matches!(plan.provider, Provider::Manual) {
+        if matches!(plan.provider, Provider::Manual(_)) {
             tracing::warn!(key = %name, "rotation due but the key is managed by hand; put a new one with `keysync put`");
             return Ok(Outcome::Overdue { since: decision.next });
         }

@@ -153,6 +153,12 @@ impl KeyStore {
         KeyStore { kv, grace, actor: actor.into() }
     }
 
+    /// The same store with another grace period (a key's own `rotation.grace`).
+    pub fn with_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
     pub fn kv(&self) -> &Kv {
         &self.kv
     }
