@@ -432,3 +432,48 @@ async fn a_manual_anthropic_key_is_set_inactive_after_grace() {
     assert_eq!(code, 0);
     assert!(stdout.contains("OVERDUE") && stdout.contains("keysync put claude"), "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecided_validation_keeps_the_key_pending_and_backs_off() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let hits = Arc::new(AtomicU64::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let h = hits.clone();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { return };
+            h.fetch_add(1, Ordering::Relaxed);
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}")
+                .await;
+        }
+    });
+    let server = DevServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cli = Cli::new(&server, &server.root_token, dir.path());
+    let cfg = config(
+        dir.path(),
+        &format!("[keys.llm.provider]\ntype = \"generate\"\n[keys.llm.validation]\npreset = \"openai\"\nbase_url = \"http://127.0.0.1:{port}/v1\"\n"),
+    );
+    cli.run_with_stdin(&["put", "llm"], "sk-current-good-xxxxxxxxxxxxxxx");
+    let out = cli.json(&["--config", &cfg, "rotate", "llm", "--force"]);
+    assert_eq!(out[0]["outcome"]["result"], "pending", "{out}");
+    let after_first = hits.load(Ordering::Relaxed);
+    assert!(after_first >= 1, "the validator was asked");
+    let status = cli.json(&["status", "llm"]);
+    assert_eq!(status[0]["current"]["version"], 1, "an undecided key is not promoted");
+    assert_eq!(status[0]["pending"]["version"], 2);
+    let meta = server.admin().read("secret/metadata/keysync/llm").await;
+    assert!(meta["data"]["custom_metadata"]["retry"].as_str().is_some_and(|r| r.starts_with("v2:1:")), "{meta}");
+    // Within the backoff the next run does not ask the provider again.
+    let out = cli.json(&["--config", &cfg, "rotate", "llm"]);
+    assert_eq!(out[0]["outcome"]["result"], "pending", "{out}");
+    assert!(out[0]["outcome"]["why"].as_str().unwrap().contains("next try"), "{out}");
+    assert_eq!(hits.load(Ordering::Relaxed), after_first, "backing off: no new validation request");
+    assert_eq!(cli.ok(&["get", "llm", "--reveal"]).trim(), "sk-current-good-xxxxxxxxxxxxxxx");
+}

@@ -12,6 +12,12 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use std::time::Duration;
 
+/// Undecided validations (rate limits, outages) are retried after 1 min, 2 min, 4 min … up
+/// to 6 h between tries; after this many the pending key is given up (revoked, destroyed).
+const MAX_UNDECIDED: u32 = 8;
+const UNDECIDED_BASE_DELAY: Duration = Duration::from_secs(60);
+const UNDECIDED_MAX_DELAY: Duration = Duration::from_secs(6 * 3600);
+
 /// Everything the engine needs to rotate one key.
 pub struct KeyPlan {
     pub name: KeyName,
@@ -70,6 +76,18 @@ impl Engine<'_> {
         let record = self.store.require(name).await?;
         if let Some(pending) = record.state.pending {
             if !record.state.failed.contains(&pending) {
+                if let Some(r) = record.state.retry.as_ref().filter(|r| r.version == pending) {
+                    if r.next_at > self.clock.now() && !force {
+                        return Ok(Outcome::Pending {
+                            version: pending,
+                            why: format!(
+                                "validation undecided {} time(s); next try at {}",
+                                r.attempts,
+                                r.next_at.to_rfc3339()
+                            ),
+                        });
+                    }
+                }
                 return self.validate_and_promote(plan, pending, reason).await;
             }
         }
@@ -212,27 +230,32 @@ impl Engine<'_> {
                     Verdict::Valid => {}
                     Verdict::Invalid(why) => {
                         self.failure(name, "invalid");
-                        self.store
-                            .update_state(name, |_, s| {
-                                s.failed.insert(version);
-                                if s.pending == Some(version) {
-                                    s.pending = None;
-                                }
-                                Ok(())
-                            })
-                            .await?;
-                        let key_id = data.fields.get("key_id").and_then(Value::as_str);
-                        self.revoke(plan, key_id, "failed validation").await;
-                        // The refused key's data goes; its fingerprint stays for audit.
-                        if let Err(e) = self.store.kv().destroy(name, &[version]).await {
-                            tracing::warn!(key = %name, version, error = %e, "could not destroy the refused version's data");
-                        }
-                        self.count(name, "failed");
-                        return Ok(Outcome::Failed { version, why });
+                        return self.give_up(plan, version, &data, why).await;
                     }
                     Verdict::Undecided(why) => {
                         self.failure(name, "undecided");
-                        return Ok(Outcome::Pending { version, why });
+                        let now = self.clock.now();
+                        let record = self.store.require(name).await?;
+                        let attempts =
+                            record.state.retry.as_ref().filter(|r| r.version == version).map_or(0, |r| r.attempts) + 1;
+                        if attempts >= MAX_UNDECIDED {
+                            return self
+                                .give_up(plan, version, &data, format!("validation undecided {attempts} times: {why}"))
+                                .await;
+                        }
+                        let delay =
+                            UNDECIDED_BASE_DELAY.saturating_mul(1 << (attempts - 1).min(16)).min(UNDECIDED_MAX_DELAY);
+                        let next_at = now + chrono_duration(delay);
+                        self.store
+                            .update_state(name, |_, s| {
+                                s.retry = Some(crate::store::ValidationRetry { version, attempts, next_at });
+                                Ok(())
+                            })
+                            .await?;
+                        return Ok(Outcome::Pending {
+                            version,
+                            why: format!("{why}; attempt {attempts}, next at {}", next_at.to_rfc3339()),
+                        });
                     }
                 }
             }
@@ -254,6 +277,7 @@ impl Engine<'_> {
                 if s.pending == Some(version) {
                     s.pending = None;
                 }
+                s.retry = None;
                 s.rotated_at = Some(now);
                 s.rotated_by = Some(actor);
                 s.reason = Some(reason);
@@ -264,6 +288,29 @@ impl Engine<'_> {
         self.count(name, "rotated");
         tracing::info!(key = %name, version, "promoted");
         Ok(Outcome::Rotated { version, previous })
+    }
+
+    /// A pending version that will not be promoted: mark it failed, revoke it at the
+    /// provider, destroy its data (the fingerprint stays for audit).
+    async fn give_up(&self, plan: &KeyPlan, version: u64, data: &KeyData, why: String) -> Result<Outcome, StoreError> {
+        let name = &plan.name;
+        self.store
+            .update_state(name, |_, s| {
+                s.failed.insert(version);
+                if s.pending == Some(version) {
+                    s.pending = None;
+                }
+                s.retry = None;
+                Ok(())
+            })
+            .await?;
+        let key_id = data.fields.get("key_id").and_then(Value::as_str);
+        self.revoke(plan, key_id, "failed validation").await;
+        if let Err(e) = self.store.kv().destroy(name, &[version]).await {
+            tracing::warn!(key = %name, version, error = %e, "could not destroy the refused version's data");
+        }
+        self.count(name, "failed");
+        Ok(Outcome::Failed { version, why })
     }
 
     /// After grace: revoke the previous key at the provider (when it can and the policy

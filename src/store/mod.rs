@@ -14,7 +14,7 @@ pub use acks::{ack_id, Ack, Acks};
 pub use index::{Index, IndexEntry, IndexSnapshot, INDEX_NAME};
 pub use kv::{KeyData, Kv, Metadata, VersionMeta, VersionRead};
 pub use name::KeyName;
-pub use state::{is_fingerprint, RotationState, StateError, MAX_FINGERPRINTS, SCHEMA_FIELD};
+pub use state::{is_fingerprint, RotationState, StateError, ValidationRetry, MAX_FINGERPRINTS, SCHEMA_FIELD};
 
 use crate::secret::Secret;
 use crate::vault::VaultError;

@@ -18,7 +18,7 @@ pub const SCHEMA_VERSION: &str = "1";
 pub const MAX_FINGERPRINTS: usize = 40;
 const MAX_VALUE: usize = 512;
 
-const FIXED_FIELDS: [&str; 10] = [
+const FIXED_FIELDS: [&str; 11] = [
     SCHEMA_FIELD,
     "current",
     "previous",
@@ -29,6 +29,7 @@ const FIXED_FIELDS: [&str; 10] = [
     "reason",
     "disabled",
     "failed",
+    "retry",
 ];
 
 /// Which version plays which part, and the history keysync keeps about them.
@@ -49,10 +50,21 @@ pub struct RotationState {
     pub disabled: bool,
     /// Versions that failed validation: never promoted.
     pub failed: BTreeSet<u64>,
+    /// Undecided validations of the pending version: attempts so far and when to try again
+    /// (exponential backoff), stored as `v<N>:<attempts>:<RFC 3339>`.
+    pub retry: Option<ValidationRetry>,
     /// `sha256:<hex>` of each version keysync wrote.
     pub fingerprints: BTreeMap<u64, String>,
     /// Whether the schema marker was present (false: a key keysync never wrote state to).
     pub managed: bool,
+}
+
+/// Backoff state of an undecided validation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValidationRetry {
+    pub version: u64,
+    pub attempts: u32,
+    pub next_at: DateTime<Utc>,
 }
 
 /// A custom_metadata value keysync cannot use.
@@ -119,6 +131,22 @@ impl RotationState {
             }
             fingerprints.insert(version, value.clone());
         }
+        let retry = match meta.get("retry") {
+            None => None,
+            Some(v) => {
+                let bad = || err("retry", format!("is {v:?}, not v<version>:<attempts>:<RFC 3339 time>"));
+                let mut parts = v.splitn(3, ':');
+                let version =
+                    parts.next().and_then(|p| p.strip_prefix('v')).and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+                let attempts = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+                let next_at = parts
+                    .next()
+                    .and_then(|p| DateTime::parse_from_rfc3339(p).ok())
+                    .map(|t| t.with_timezone(&Utc))
+                    .ok_or_else(bad)?;
+                Some(ValidationRetry { version, attempts, next_at })
+            }
+        };
         let text = |field: &str| meta.get(field).map(|s| s.to_string());
         Ok(RotationState {
             current: version("current")?,
@@ -130,6 +158,7 @@ impl RotationState {
             reason: text("reason"),
             disabled,
             failed,
+            retry,
             fingerprints,
             managed,
         })
@@ -156,6 +185,7 @@ impl RotationState {
         put("disabled", self.disabled.then(|| "true".to_string()));
         let failed: Vec<String> = self.failed.iter().map(u64::to_string).collect();
         put("failed", (!failed.is_empty()).then(|| failed.join(",")));
+        put("retry", self.retry.as_ref().map(|r| format!("v{}:{}:{}", r.version, r.attempts, rfc3339(r.next_at))));
         for (v, fp) in &self.fingerprints {
             out.insert(format!("fp.v{v}"), fp.clone());
         }
@@ -248,6 +278,7 @@ mod tests {
             reason: Some("scheduled".into()),
             disabled: false,
             failed: [4].into_iter().collect(),
+            retry: Some(ValidationRetry { version: 5, attempts: 2, next_at: Utc::now() }),
             fingerprints: (1..=4).map(|v| (v, fingerprint(format!("k{v}").as_bytes()))).collect(),
             managed: true,
         }
@@ -260,6 +291,9 @@ mod tests {
             let trunc = |t: DateTime<Utc>| DateTime::parse_from_rfc3339(&rfc3339(t)).unwrap().with_timezone(&Utc);
             self.grace_until = self.grace_until.map(trunc);
             self.rotated_at = self.rotated_at.map(trunc);
+            if let Some(r) = self.retry.as_mut() {
+                r.next_at = trunc(r.next_at);
+            }
             self
         }
     }
