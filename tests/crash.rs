@@ -36,6 +36,14 @@ async fn every_step_boundary_resumes_to_exactly_one_promotion() {
                 .output()
                 .unwrap();
             assert!(!out.status.success(), "{point}: the failpoint should have killed keysync");
+            let status = cli.json(&["status", "svc"]);
+            if point == "put_after_data" {
+                // Crashed before the new version was recorded: the intent is the trace.
+                assert!(
+                    status[0]["interrupted_rotation"].as_str().is_some_and(|i| !i.is_empty()),
+                    "{point}: the crash leaves a trace: {status}"
+                );
+            }
             // Consumers still have a current key with data.
             let current = cli.json(&["get", "svc"]);
             assert!(current["version"].as_u64().is_some(), "{point}: no current key after the crash");
@@ -48,6 +56,7 @@ async fn every_step_boundary_resumes_to_exactly_one_promotion() {
             assert_eq!(status[0]["current"]["version"], 2, "{point} run {run}: promoted once: {status}");
             assert_eq!(status[0]["previous"]["version"], 1);
             assert!(status[0]["pending"].is_null());
+            assert!(status[0]["interrupted_rotation"].is_null(), "{point}: the trace is cleared once finished");
             let minted = std::fs::read_to_string(dir.path().join("minted")).unwrap_or_default();
             assert_eq!(minted, "id-1\n", "{point}: one key minted, and it is the current one");
             assert!(!dir.path().join("revoked").exists(), "{point}: nothing needed revoking");

@@ -159,6 +159,7 @@ impl Engine<'_> {
             .update_state(&plan.name, |_, st| {
                 st.pending = Some(latest);
                 st.fingerprints.insert(latest, fp);
+                st.intent = None; // the interrupted rotation's key is found: no orphan
                 Ok(())
             })
             .await?;
@@ -172,6 +173,21 @@ impl Engine<'_> {
         record: &crate::store::KeyRecord,
     ) -> Result<Outcome, StoreError> {
         let name = &plan.name;
+        if let Some(old) = &record.state.intent {
+            tracing::warn!(key = %name, intent = %old, "an earlier rotation was interrupted after it may have minted a key; check the provider for an unused key");
+        }
+        let intent = format!("{} at {}", self.store.actor(), self.clock.now().to_rfc3339());
+        self.store
+            .update_state(name, |_, s| {
+                s.intent = Some(intent);
+                Ok(())
+            })
+            .await?;
+        // Build on the state that now carries the intent, but keep the CAS on the version we
+        // decided from: if anyone wrote since, our write must lose.
+        let mut with_intent = self.store.require(name).await?;
+        with_intent.meta.current_version = record.meta.current_version;
+        let record = &with_intent;
         self.reconcile(plan, record).await;
         let minted = plan
             .provider
@@ -195,6 +211,7 @@ impl Engine<'_> {
             Ok(o) => o,
             Err(StoreError::Conflict { .. }) => {
                 self.revoke(plan, key_id.as_deref(), "lost the race to create the new version").await;
+                self.clear_intent(name).await;
                 self.count(name, "lost_race");
                 return Ok(Outcome::LostRace);
             }
@@ -204,6 +221,7 @@ impl Engine<'_> {
                 return Err(e);
             }
         };
+        self.clear_intent(name).await;
         tracing::info!(key = %name, version = outcome.version, "created a pending version");
         crate::failpoint::hit("after_pending");
         self.validate_and_promote(plan, outcome.version, reason).await
@@ -402,6 +420,19 @@ impl Engine<'_> {
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(key = %plan.name, error = %e, "could not check the provider for orphaned keys"),
+        }
+    }
+
+    async fn clear_intent(&self, name: &KeyName) {
+        let cleared = self
+            .store
+            .update_state(name, |_, s| {
+                s.intent = None;
+                Ok(())
+            })
+            .await;
+        if let Err(e) = cleared {
+            tracing::warn!(key = %name, error = %e, "could not clear the rotation intent");
         }
     }
 

@@ -18,7 +18,7 @@ pub const SCHEMA_VERSION: &str = "1";
 pub const MAX_FINGERPRINTS: usize = 40;
 const MAX_VALUE: usize = 512;
 
-const FIXED_FIELDS: [&str; 11] = [
+const FIXED_FIELDS: [&str; 12] = [
     SCHEMA_FIELD,
     "current",
     "previous",
@@ -30,6 +30,7 @@ const FIXED_FIELDS: [&str; 11] = [
     "disabled",
     "failed",
     "retry",
+    "intent",
 ];
 
 /// Which version plays which part, and the history keysync keeps about them.
@@ -53,6 +54,9 @@ pub struct RotationState {
     /// Undecided validations of the pending version: attempts so far and when to try again
     /// (exponential backoff), stored as `v<N>:<attempts>:<RFC 3339>`.
     pub retry: Option<ValidationRetry>,
+    /// Set just before a provider mints a key (`<agent> at <time>`), cleared once the key is
+    /// stored: a leftover intent is the trace of a crash that may have orphaned a key.
+    pub intent: Option<String>,
     /// `sha256:<hex>` of each version keysync wrote.
     pub fingerprints: BTreeMap<u64, String>,
     /// Whether the schema marker was present (false: a key keysync never wrote state to).
@@ -159,6 +163,7 @@ impl RotationState {
             disabled,
             failed,
             retry,
+            intent: text("intent"),
             fingerprints,
             managed,
         })
@@ -185,6 +190,7 @@ impl RotationState {
         put("disabled", self.disabled.then(|| "true".to_string()));
         let failed: Vec<String> = self.failed.iter().map(u64::to_string).collect();
         put("failed", (!failed.is_empty()).then(|| failed.join(",")));
+        put("intent", self.intent.clone());
         put("retry", self.retry.as_ref().map(|r| format!("v{}:{}:{}", r.version, r.attempts, rfc3339(r.next_at))));
         for (v, fp) in &self.fingerprints {
             out.insert(format!("fp.v{v}"), fp.clone());
