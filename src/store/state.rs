@@ -285,6 +285,7 @@ mod tests {
             disabled: false,
             failed: [4].into_iter().collect(),
             retry: Some(ValidationRetry { version: 5, attempts: 2, next_at: Utc::now() }),
+            intent: Some("agent-1 at 2026-11-29T00:00:00Z".into()),
             fingerprints: (1..=4).map(|v| (v, fingerprint(format!("k{v}").as_bytes()))).collect(),
             managed: true,
         }
