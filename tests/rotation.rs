@@ -361,7 +361,10 @@ async fn a_crash_right_after_minting_leaves_no_orphan_service_account() {
             .unwrap();
         assert!(!out.status.success(), "run {run}: the failpoint should have killed keysync");
     }
-    assert_eq!(accounts.lock().unwrap().accounts.values().filter(|(_, d)| !d).count(), 3, "three orphans minted");
+    // Each crash minted one account; a later crashed run may already have cleaned up older
+    // orphans (adopt_after is 1 s), so at least the last one is still there.
+    assert_eq!(accounts.lock().unwrap().accounts.len(), 3, "three accounts minted");
+    assert!(accounts.lock().unwrap().accounts.values().any(|(_, d)| !d), "an orphan is live before cleanup");
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let out = cli.json(&["--config", &cfg, "rotate", "openai", "--force"]);
     assert_eq!(out[0]["outcome"]["result"], "rotated", "{out}");
