@@ -480,3 +480,30 @@ async fn undecided_validation_keeps_the_key_pending_and_backs_off() {
     assert_eq!(hits.load(Ordering::Relaxed), after_first, "backing off: no new validation request");
     assert_eq!(cli.ok(&["get", "llm", "--reveal"]).trim(), "sk-current-good-xxxxxxxxxxxxxxx");
 }
+
+#[tokio::test]
+async fn a_hand_written_version_is_adopted_only_when_the_policy_says_so() {
+    let server = DevServer::start();
+    let admin = server.admin();
+    let dir = tempfile::tempdir().unwrap();
+    let cli = Cli::new(&server, &server.root_token, dir.path());
+    cli.run_with_stdin(&["put", "svc"], "sk-keysync-first-xxxxxxxxxxxxxxx");
+    admin
+        .write("secret/data/keysync/svc", serde_json::json!({"data": {"api_key": "sk-by-hand-second-xxxxxxxxxxxxx"}}))
+        .await;
+    let report = config(dir.path(), "[keys.svc.provider]\ntype = \"manual\"\n[keys.svc.rotation]\nmax_age = \"90d\"\n");
+    cli.json(&["--config", &report, "rotate", "svc"]);
+    let status = cli.json(&["status", "svc"]);
+    assert_eq!(status[0]["current"]["version"], 1, "reported, not adopted");
+    assert_eq!(status[0]["external_versions"], serde_json::json!([2]));
+    let adopt = config(
+        dir.path(),
+        "[keys.svc.provider]\ntype = \"manual\"\n[keys.svc.rotation]\nmax_age = \"90d\"\nadopt_external = true\n",
+    );
+    let out = cli.json(&["--config", &adopt, "rotate", "svc"]);
+    assert_eq!(out[0]["outcome"]["result"], "rotated", "{out}");
+    let status = cli.json(&["status", "svc"]);
+    assert_eq!(status[0]["current"]["version"], 2, "adopted and promoted");
+    assert_eq!(status[0]["previous"]["version"], 1);
+    assert_eq!(status[0]["external_versions"], serde_json::json!([]));
+}

@@ -145,11 +145,14 @@ impl Engine<'_> {
             return Ok(None);
         }
         let VersionRead::Live(data) = self.store.read(&plan.name, latest).await? else { return Ok(None) };
-        if !data.fields.contains_key(crate::store::WRITTEN_BY_FIELD) {
+        let external = !data.fields.contains_key(crate::store::WRITTEN_BY_FIELD);
+        if external && !plan.policy.adopt_external {
             return Ok(None); // written by hand: external, reported by `status`
         }
         let created = record.meta.versions.get(&latest).and_then(|m| m.created_time).unwrap_or(now);
-        if now - created < chrono_duration(plan.adopt_after) {
+        if external {
+            tracing::info!(key = %plan.name, version = latest, "adopting a version written outside keysync (adopt_external)");
+        } else if now - created < chrono_duration(plan.adopt_after) {
             tracing::info!(key = %plan.name, version = latest, "another agent is creating a version; leaving it to them");
             return Ok(Some(Outcome::LostRace));
         }
