@@ -3,21 +3,15 @@
 
 mod support;
 
-use keysync::config::{AuthConfig, VaultConfig};
 use keysync::secret::Secret;
-use keysync::store::{KeyData, KeyName, KeyStore, Kv, PutOptions};
-use keysync::vault::{Authenticator, Session, VaultClient, VaultSettings};
+use keysync::store::{KeyData, KeyName, KeyStore, PutOptions};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use support::{eventually, free_listen_addr, Agent, DevServer, Proxy};
 
 async fn store(server: &DevServer, grace: Duration) -> KeyStore {
-    let cfg = VaultConfig { address: Some(server.addr.clone()), ..Default::default() };
-    let client = VaultClient::new(VaultSettings::resolve(&cfg, &|_| None).unwrap()).unwrap();
-    let auth = Authenticator::with_env_token(AuthConfig::default(), Some(Secret::new(&server.root_token)));
-    let session = Session::login(client, auth).await.unwrap();
-    KeyStore::new(Kv::new(session, "secret", "keysync"), grace, "test-writer")
+    support::key_store(server, &server.root_token, grace, "test-writer").await
 }
 
 async fn put(store: &KeyStore, name: &str, key: &str) {

@@ -3,21 +3,15 @@
 
 mod support;
 
-use keysync::config::{AuthConfig, VaultConfig};
 use keysync::secret::Secret;
-use keysync::store::{KeyData, KeyName, KeyStore, Kv, PutOptions, StoreError};
-use keysync::vault::{Authenticator, Session, VaultClient, VaultSettings};
+use keysync::store::{KeyData, KeyName, KeyStore, PutOptions, StoreError};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 use support::{load_repo_policies, token_with_policies, Cli, DevServer};
 
 async fn store(server: &DevServer, token: &str, actor: &str) -> KeyStore {
-    let cfg = VaultConfig { address: Some(server.addr.clone()), ..Default::default() };
-    let client = VaultClient::new(VaultSettings::resolve(&cfg, &|_| None).unwrap()).unwrap();
-    let auth = Authenticator::with_env_token(AuthConfig::default(), Some(Secret::new(token)));
-    let session = Session::login(client, auth).await.expect("login");
-    KeyStore::new(Kv::new(session, "secret", "keysync"), Duration::from_secs(3600), actor)
+    support::key_store(server, token, Duration::from_secs(3600), actor).await
 }
 
 fn name(s: &str) -> KeyName {

@@ -25,9 +25,7 @@ use tokio::signal::unix::{signal, SignalKind};
 pub type ExitCode = i32;
 
 fn build(cfg: &Config, session: &Arc<Session>, metrics: &Arc<Metrics>) -> Result<(Syncer, Hooks), String> {
-    let kv = Kv::new(session.clone(), &cfg.kv.mount, &cfg.kv.prefix);
-    let store = KeyStore::new(kv, cfg.rotation.grace.get(), default_actor());
-    let syncer = Syncer::new(cfg, store, metrics.clone())?;
+    let syncer = Syncer::new(cfg, KeyStore::from_config(cfg, session.clone()), metrics.clone())?;
     let mut hook_cfg = std::collections::BTreeMap::new();
     for (name, k) in &cfg.keys {
         if let (Some(h), Ok(n)) = (&k.on_change, KeyName::parse(name)) {
@@ -217,8 +215,7 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
 
 /// One round of rotation for every key with a provider (agent.rotate = true).
 async fn rotate_due(cfg: &Config, session: &Arc<Session>, metrics: &Arc<Metrics>) {
-    let kv = Kv::new(session.clone(), &cfg.kv.mount, &cfg.kv.prefix);
-    let store = KeyStore::new(kv, cfg.rotation.grace.get(), default_actor());
+    let store = KeyStore::from_config(cfg, session.clone());
     let clock = crate::rotation::SystemClock;
     let engine = crate::rotation::Engine { store: &store, clock: &clock, metrics: Some(metrics) };
     for name in cfg.keys.keys() {

@@ -10,7 +10,7 @@ mod verify;
 
 use crate::config::{self, Config, ConfigSource};
 use crate::logging::{self, LogFormat};
-use crate::store::{default_actor, KeyStore, Kv};
+use crate::store::KeyStore;
 use crate::vault::{Authenticator, Session, VaultClient, VaultError, VaultSettings};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -250,7 +250,7 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
                     keys::validate_before_promote(&name, &key, validation).await?;
                 }
             }
-            let mut store = open_store(&source).await?;
+            let mut store = store_for(&cfg).await?;
             if let Some(grace) = cfg.keys.get(name.as_str()).and_then(|k| k.rotation.as_ref()).and_then(|p| p.grace) {
                 store = store.with_grace(grace.get());
             }
@@ -301,7 +301,7 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
         }
         Command::Rotate { name, due, force, reason, output } => {
             let cfg = load_config(&source)?;
-            let store = open_store(&source).await?;
+            let store = store_for(&cfg).await?;
             rotate::run(&cfg, &store, name.as_deref(), due, force, reason, output).await
         }
         Command::Completions { shell } => {
@@ -334,10 +334,12 @@ async fn run_agent(source: &ConfigSource, once: bool, exec: Option<crate::agent:
 
 /// Config, login and the key store, for the key commands.
 async fn open_store(source: &ConfigSource) -> Result<KeyStore, CliError> {
-    let cfg = load_config(source)?;
-    let session = connect(&cfg).await?;
-    let kv = Kv::new(session, &cfg.kv.mount, &cfg.kv.prefix);
-    Ok(KeyStore::new(kv, cfg.rotation.grace.get(), default_actor()))
+    store_for(&load_config(source)?).await
+}
+
+/// [`open_store`] for a config already loaded.
+async fn store_for(cfg: &Config) -> Result<KeyStore, CliError> {
+    Ok(KeyStore::from_config(cfg, connect(cfg).await?))
 }
 
 /// Loads and validates the config.

@@ -153,6 +153,11 @@ impl KeyStore {
         KeyStore { kv, grace, actor: actor.into() }
     }
 
+    /// The store the config describes (`[kv]`, `[rotation] grace`), acting as [`default_actor`].
+    pub fn from_config(cfg: &crate::config::Config, session: std::sync::Arc<crate::vault::Session>) -> Self {
+        KeyStore::new(Kv::new(session, &cfg.kv.mount, &cfg.kv.prefix), cfg.rotation.grace.get(), default_actor())
+    }
+
     /// The same store with another grace period (a key's own `rotation.grace`).
     pub fn with_grace(mut self, grace: Duration) -> Self {
         self.grace = grace;

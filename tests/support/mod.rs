@@ -459,3 +459,14 @@ pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bo
 pub fn free_listen_addr() -> String {
     format!("127.0.0.1:{}", free_port())
 }
+
+/// A key store on the server's default mount and prefix, logged in with `token`.
+pub async fn key_store(server: &DevServer, token: &str, grace: Duration, actor: &str) -> keysync::store::KeyStore {
+    use keysync::config::{AuthConfig, VaultConfig};
+    use keysync::vault::{Authenticator, Session, VaultClient, VaultSettings};
+    let cfg = VaultConfig { address: Some(server.addr.clone()), ..Default::default() };
+    let client = VaultClient::new(VaultSettings::resolve(&cfg, &|_| None).expect("settings")).expect("client");
+    let auth = Authenticator::with_env_token(AuthConfig::default(), Some(keysync::secret::Secret::new(token)));
+    let session = Session::login(client, auth).await.expect("login");
+    keysync::store::KeyStore::new(keysync::store::Kv::new(session, "secret", "keysync"), grace, actor)
+}
