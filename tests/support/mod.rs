@@ -7,6 +7,8 @@
 //! then keep to their own random mounts and prefixes.
 #![allow(dead_code)]
 
+pub mod report;
+
 use rand::Rng as _;
 use serde_json::Value;
 use std::io::{Read, Write};
