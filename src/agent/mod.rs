@@ -46,6 +46,7 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
     }
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new(cfg.agent.poll_interval.get()));
+    metrics.track_health(health.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
     if !once && cfg.agent.listen != "off" {

@@ -2,11 +2,12 @@
 //! engine and the HTTP endpoint. Vault request counts are read from the client's own counters
 //! at scrape time, so they are never counted twice.
 
+use super::Health;
 use crate::vault::VaultClient;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
@@ -67,6 +68,7 @@ pub struct Metrics {
     pub key_rotation_overdue: Family<KeyLabel, Gauge>,
     pub validation_failures_total: Family<KeyReasonLabel, Counter>,
     vault_clients: Arc<Mutex<Vec<VaultClient>>>,
+    health: Arc<Mutex<Option<Arc<Health>>>>,
 }
 
 /// Names of every metric family, as exported (for docs and the dashboard check).
@@ -86,6 +88,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "keysync_key_rotation_overdue",
     "keysync_validation_failures_total",
     "keysync_vault_requests_total",
+    "keysync_ready",
 ];
 
 impl Default for Metrics {
@@ -113,6 +116,7 @@ impl Metrics {
             key_rotation_overdue: Family::default(),
             validation_failures_total: Family::default(),
             vault_clients: Arc::new(Mutex::new(Vec::new())),
+            health: Arc::new(Mutex::new(None)),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -179,6 +183,7 @@ impl Metrics {
             m.validation_failures_total.clone(),
         );
         r.register_collector(Box::new(VaultRequests(m.vault_clients.clone())));
+        r.register_collector(Box::new(Ready(m.health.clone())));
         Metrics { registry, ..m }
     }
 
@@ -186,6 +191,13 @@ impl Metrics {
     pub fn track_vault_client(&self, client: &VaultClient) {
         if let Ok(mut clients) = self.vault_clients.lock() {
             clients.push(client.clone());
+        }
+    }
+
+    /// Exports `keysync_ready` from this agent's readiness, the same answer `/readyz` gives.
+    pub fn track_health(&self, health: Arc<Health>) {
+        if let Ok(mut h) = self.health.lock() {
+            *h = Some(health);
         }
     }
 
@@ -228,6 +240,25 @@ impl prometheus_client::collector::Collector for VaultRequests {
     }
 }
 
+/// `keysync_ready`, read at scrape time: a gauge set by the sync loop would stay 1 when the
+/// loop hangs, but readiness ages out by itself (Vault not reached within three polls).
+#[derive(Debug)]
+struct Ready(Arc<Mutex<Option<Arc<Health>>>>);
+
+impl prometheus_client::collector::Collector for Ready {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(health) = self.0.lock().ok().and_then(|h| h.clone()) else { return Ok(()) };
+        let gauge = ConstGauge::new(i64::from(health.readiness().is_ok()));
+        let metric = encoder.encode_descriptor(
+            "keysync_ready",
+            "1 when the agent is ready (logged in, first render done, Vault reached within three polls), as /readyz",
+            None,
+            gauge.metric_type(),
+        )?;
+        gauge.encode(metric)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,10 +279,24 @@ mod tests {
         m.key_next_rotation_timestamp_seconds.get_or_create(&key).set(1.0);
         m.key_rotation_overdue.get_or_create(&key).set(0);
         m.validation_failures_total.get_or_create(&KeyReasonLabel { key: "k".into(), reason: "invalid".into() }).inc();
+        m.track_health(Arc::new(Health::new(std::time::Duration::from_secs(10))));
         let text = m.encode();
         for name in METRIC_NAMES {
             let base = name.trim_end_matches("_total");
             assert!(text.contains(&format!("# TYPE {base} ")), "{name} missing:\n{text}");
         }
+    }
+
+    #[test]
+    fn ready_gauge_follows_readiness_at_scrape_time() {
+        let m = Metrics::new();
+        assert!(!m.encode().contains("keysync_ready"), "a process without an agent exports no readiness");
+        let health = Arc::new(Health::new(std::time::Duration::from_secs(10)));
+        m.track_health(health.clone());
+        assert!(m.encode().contains("\nkeysync_ready 0\n"), "{}", m.encode());
+        health.set_authenticated(true);
+        health.set_first_render_done();
+        health.sync_ok();
+        assert!(m.encode().contains("\nkeysync_ready 1\n"), "{}", m.encode());
     }
 }
