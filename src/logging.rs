@@ -1,6 +1,7 @@
 //! Log setup: text or JSON to stderr through `tracing`. Chatty HTTP internals are kept at
 //! `warn` so that raising keysync's own level to `trace` never dumps request headers.
 
+use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 /// `--log-format`.
@@ -18,7 +19,13 @@ pub fn init(level: &str, format: LogFormat) -> Result<(), String> {
     let filter = EnvFilter::try_new(&directives).map_err(|e| {
         format!("--log-level {level:?} is not a level or filter ({e}); use error, warn, info, debug or trace")
     })?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    // Colour only on a terminal: journald, `docker logs` and log files get plain text.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(ansi);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
