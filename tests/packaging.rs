@@ -451,3 +451,47 @@ console.log(fingerprint(k.get()));
     assert!(out.status.success(), "node recipe: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), keysync::secret::fingerprint(b"sk-new-9876543210"));
 }
+
+#[test]
+fn under_systemd_the_agent_says_ready_only_after_the_first_render() {
+    // Type=notify: systemd starts units ordered After=keysync.service once READY=1 arrives,
+    // so by then the key files must be on disk.
+    let server = support::DevServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cli = support::Cli::new(&server, &server.root_token, d);
+    let (code, _, stderr) = cli.run_with_stdin(&["put", "openai"], "sk-notify-0123456789abcdef");
+    assert_eq!(code, 0, "{stderr}");
+    let config = d.join("keysync.toml");
+    let key_file = d.join("keys/openai.key");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nlisten = \"off\"\n[[keys.openai.sinks]]\npath = \"{}\"\ncreate_dirs = true\n",
+            key_file.display()
+        ),
+    )
+    .unwrap();
+    let socket_path = d.join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_keysync"))
+        .args(["--config", config.to_str().unwrap(), "run"])
+        .env("VAULT_ADDR", &server.addr)
+        .env("VAULT_TOKEN", &server.root_token)
+        .env("HOME", d)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let received = socket.recv(&mut buf);
+    let on_disk = std::fs::read_to_string(&key_file).unwrap_or_default();
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let n = received.expect("the agent sent nothing to NOTIFY_SOCKET within 30 s");
+    assert_eq!(&buf[..n], b"READY=1\n");
+    assert_eq!(on_disk.trim(), "sk-notify-0123456789abcdef", "READY=1 came before the first render");
+}
