@@ -272,18 +272,30 @@ fn the_systemd_unit_verifies_and_is_hardened() {
     ] {
         assert!(unit.contains(needle), "examples/keysync.service lacks {needle:?}");
     }
-    // systemd-analyze checks that ExecStart exists: point it at the binary under test.
+    // systemd-analyze checks that ExecStart exists: point it at the binary under test. The
+    // path unit that restarts an app on a key change is checked with it.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("keysync.service");
     std::fs::write(&path, unit.replace("/usr/local/bin/keysync", env!("CARGO_BIN_EXE_keysync"))).unwrap();
+    let mut units = vec![path];
+    for extra in ["open-webui-keys.path", "open-webui-keys.service"] {
+        let p = dir.path().join(extra);
+        std::fs::copy(repo().join("examples").join(extra), &p).unwrap();
+        units.push(p);
+    }
     let out = Command::new("systemd-analyze")
         .args(["verify", "--man=no"])
-        .arg(&path)
+        .args(&units)
         .output()
         .expect("systemd-analyze (Debian package systemd) is needed to check the unit");
     let stderr = String::from_utf8_lossy(&out.stderr);
     // verify exits 0 on unknown keys and bad values, but says so: nothing may be said.
     assert!(out.status.success() && stderr.trim().is_empty(), "systemd-analyze verify:\n{stderr}");
+    // The path unit watches a file the example config renders.
+    let watched = read("examples/open-webui-keys.path");
+    let watched = watched.lines().find_map(|l| l.strip_prefix("PathChanged=")).unwrap();
+    let cfg: toml::Table = toml::from_str(&read("examples/keysync.toml")).unwrap();
+    assert_eq!(cfg["keys"]["openai"]["sinks"][0]["path"].as_str(), Some(watched));
 }
 
 /// `keysync_*` names in a text, with histogram series suffixes folded into their family.
