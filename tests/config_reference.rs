@@ -367,3 +367,26 @@ fn the_probe_finds_fields_the_way_the_test_assumes() {
     let kv = PROBES.iter().find(|p| p.id == "[kv]").unwrap();
     assert_eq!(accepted_fields(kv), BTreeSet::from(["mount".to_string(), "prefix".to_string()]));
 }
+
+#[test]
+fn every_toml_example_in_the_readme_is_a_valid_config() {
+    // The recipes and section examples are meant to be copied: each ```toml block must load
+    // and validate as it stands.
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let blocks: Vec<&str> =
+        readme.split("```toml\n").skip(1).map(|rest| rest.split("```").next().unwrap_or("")).collect();
+    assert!(blocks.len() >= 5, "expected the README's config examples, found {}", blocks.len());
+    let mut problems = Vec::new();
+    for (i, block) in blocks.iter().enumerate() {
+        let first = block.lines().next().unwrap_or("");
+        match toml::from_str::<Config>(block) {
+            Ok(cfg) => {
+                if let Err(e) = cfg.validate("README") {
+                    problems.push(format!("block {i} ({first}): {e}"));
+                }
+            }
+            Err(e) => problems.push(format!("block {i} ({first}): {e}")),
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
