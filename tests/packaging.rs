@@ -522,3 +522,47 @@ fn under_systemd_the_agent_says_ready_only_after_the_first_render() {
     assert_eq!(&buf[..n], b"READY=1\n");
     assert_eq!(on_disk.trim(), "sk-notify-0123456789abcdef", "READY=1 came before the first render");
 }
+
+/// The first ```lang block of README's "Consumers" section.
+fn readme_consumer_block(lang: &str) -> String {
+    let readme = read("README.md");
+    let section = &readme[readme.find("## Consumers").expect("README has a Consumers section")..];
+    let start = section.find(&format!("```{lang}\n")).unwrap_or_else(|| panic!("no {lang} block")) + lang.len() + 4;
+    section[start..].split("```").next().unwrap().to_string()
+}
+
+#[test]
+fn the_readme_recipes_run_as_written_and_follow_a_replaced_key_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("openai.key");
+    let old = "sk-old-0123456789";
+    let new = "sk-new-9876543210";
+    // A stand-in for the SDK client the snippets build; everything else runs as printed.
+    let python = format!(
+        "class OpenAI:\n    def __init__(self, api_key):\n        self.api_key = api_key\n\n{}\n\
+         assert client.api_key == {old:?}, client.api_key\n\
+         tmp = os.environ['OPENAI_API_KEY_FILE'] + '.tmp'\n\
+         open(tmp, 'w').write({new:?} + '\\n')\n\
+         os.replace(tmp, os.environ['OPENAI_API_KEY_FILE'])\n\
+         assert openai_key.get() == {new:?}, openai_key.get()\n",
+        readme_consumer_block("python")
+    );
+    let node = format!(
+        "class OpenAI {{ constructor(o) {{ this.apiKey = o.apiKey; }} }}\n{}\n\
+         if (client.apiKey !== {old:?}) throw new Error('first read: ' + client.apiKey);\n\
+         const tmp = process.env.OPENAI_API_KEY_FILE + '.tmp';\n\
+         fs.writeFileSync(tmp, {new:?} + '\\n');\n\
+         fs.renameSync(tmp, process.env.OPENAI_API_KEY_FILE);\n\
+         if (openaiKey.get() !== {new:?}) throw new Error('after replace: ' + openaiKey.get());\n",
+        readme_consumer_block("js")
+    );
+    for (program, flag, code) in [("python3", "-c", python), ("node", "-e", node)] {
+        std::fs::write(&key, format!("{old}\n")).unwrap();
+        let out = Command::new(program)
+            .args([flag, &code])
+            .env("OPENAI_API_KEY_FILE", &key)
+            .output()
+            .unwrap_or_else(|e| panic!("{program} is needed to check README's recipe: {e}"));
+        assert!(out.status.success(), "README's {program} recipe:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
