@@ -566,3 +566,29 @@ fn the_readme_recipes_run_as_written_and_follow_a_replaced_key_file() {
         assert!(out.status.success(), "README's {program} recipe:\n{}", String::from_utf8_lossy(&out.stderr));
     }
 }
+
+#[test]
+fn zsh_and_fish_completions_and_the_man_page_are_well_formed() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_keysync")).args(args).output().unwrap();
+        assert!(out.status.success(), "keysync {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // zsh and fish are not installed here: check what each shell keys on.
+    let zsh = run(&["completions", "zsh"]);
+    assert!(zsh.starts_with("#compdef keysync") && zsh.contains("rotate"), "{}", &zsh[..zsh.len().min(200)]);
+    let fish = run(&["completions", "fish"]);
+    assert!(fish.lines().any(|l| l.starts_with("complete -c keysync")) && fish.contains("rollback"));
+
+    // groff with every warning on: a man page that renders with no complaint.
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("keysync.1");
+    std::fs::write(&page, run(&["man"])).unwrap();
+    let out = Command::new("groff")
+        .args(["-man", "-Tutf8", "-ww", "-z"])
+        .arg(&page)
+        .output()
+        .expect("groff (Debian package groff-base, which man needs) checks the man page");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.trim().is_empty(), "groff warnings:\n{stderr}");
+}
