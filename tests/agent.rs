@@ -16,6 +16,7 @@ async fn store(server: &DevServer, grace: Duration) -> KeyStore {
 
 async fn put(store: &KeyStore, name: &str, key: &str) {
     let opts = PutOptions { promote: true, reason: "test".into(), keep_fields: true };
+    support::leak::register(key);
     store.put(&KeyName::parse(name).unwrap(), KeyData::new(Secret::new(key)), &opts).await.unwrap();
 }
 
