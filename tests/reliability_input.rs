@@ -232,13 +232,18 @@ impl World {
                 problems.push("files on disk changed".into());
             }
             if problems.is_empty() {
+                let dir = self.d().display().to_string();
                 let first = said
                     .lines()
                     .map(str::trim)
                     .find(|l| l.contains("error") || l.contains("unexpected"))
                     .or_else(|| said.lines().find(|l| !l.trim().is_empty()))
                     .unwrap_or("")
-                    .trim();
+                    .trim()
+                    .replace(&dir, "$DIR")
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 let vault = match case.intent_after {
                     Some(true) => "Vault unchanged but for the rotation intent (a key may be orphaned at the provider)",
                     Some(false) => "Vault unchanged (intent cleared: nothing minted)",
@@ -248,7 +253,7 @@ impl World {
                     "Bad input",
                     &format!("{group}: {}", case.name),
                     1,
-                    &format!("exit {code}; says \"{}\"; {vault}; disk unchanged", md_cell(first)),
+                    &format!("exit {code}; says \"{}\"; {vault}; disk unchanged", md_cell(&first)),
                 );
             } else {
                 failures.push(format!("[{group}] {}: {}\n--- said:\n{said}\n---", case.name, problems.join("; ")));
@@ -267,8 +272,8 @@ fn fresh_key() -> String {
 
 /// A message fit for one Markdown table cell.
 fn md_cell(text: &str) -> String {
-    let t: String = text.replace('|', "\\|").chars().take(160).collect();
-    t
+    let t: String = text.chars().take(220).collect();
+    t.replace('|', "\\|")
 }
 
 /// A config that would render `openai` to `out/openai.key` if it were accepted, with `extra`

@@ -108,3 +108,44 @@ fn tally(bytes: usize, secrets: usize) {
         let _ = f.write_all(format!("{line}\n").as_bytes());
     }
 }
+
+/// Trace output of keysync code running inside the test process (in-process `KeyStore`,
+/// `Session`, renderers), collected by [`capture_in_process_tracing`].
+static IN_PROCESS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+struct Capture;
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        IN_PROCESS.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends this test binary's own tracing (keysync's library code called in-process) to a
+/// buffer at trace level, with the same caps on HTTP internals as `keysync --log-level trace`.
+/// Called by `DevServer::start`; harmless when called again.
+pub fn capture_in_process_tracing() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::new(
+            "trace,hyper=warn,hyper_util=warn,reqwest=warn,rustls=warn,h2=warn,tower=warn",
+        );
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(|| Capture).try_init();
+    });
+}
+
+/// Checks (and empties) what in-process keysync code has logged so far. Called when a
+/// `DevServer` is dropped.
+pub fn check_in_process_tracing() {
+    let text = {
+        let mut buf = IN_PROCESS.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&std::mem::take(&mut *buf)).to_string()
+    };
+    if !text.is_empty() {
+        check(&text, "trace output of keysync code running in the test process");
+    }
+}

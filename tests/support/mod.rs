@@ -69,6 +69,7 @@ fn http_status(addr: &str, path: &str) -> Option<u16> {
 impl DevServer {
     /// Starts a fresh dev server (or attaches to the external one).
     pub fn start() -> DevServer {
+        leak::capture_in_process_tracing();
         if let (Ok(addr), Ok(token)) =
             (std::env::var("KEYSYNC_TEST_VAULT_ADDR"), std::env::var("KEYSYNC_TEST_VAULT_TOKEN"))
         {
@@ -151,6 +152,9 @@ impl DevServer {
 impl Drop for DevServer {
     fn drop(&mut self) {
         self.stop();
+        if !std::thread::panicking() {
+            leak::check_in_process_tracing();
+        }
     }
 }
 
