@@ -264,11 +264,23 @@ async fn each_policy_allows_its_job_and_nothing_else() {
             path: "secret/data/keysync/_index",
             body: Some(json!({ "data": { "{k}": { "current": 1 } } })),
         },
+        Op {
+            name: "replace the change index",
+            method: "POST",
+            path: "secret/data/keysync/_index",
+            body: Some(json!({ "data": { "{k}": { "current": 9 } } })),
+        },
         Op { name: "read the change index", method: "GET", path: "secret/data/keysync/_index", body: None },
         Op {
             name: "write an agent's render report (_acks)",
             method: "POST",
             path: "secret/data/keysync/_acks/agent-{k}",
+            body: Some(json!({ "data": { "openai": "sha256:00" } })),
+        },
+        Op {
+            name: "write another agent's render report (_acks)",
+            method: "POST",
+            path: "secret/data/keysync/_acks/someone-else",
             body: Some(json!({ "data": { "openai": "sha256:00" } })),
         },
         Op {
@@ -335,8 +347,10 @@ async fn each_policy_allows_its_job_and_nothing_else() {
         [y, n, y, n], // write a version
         [y, n, y, n], // patch custom_metadata
         [y, n, y, n], // patch the index
+        [y, n, y, n], // replace the index
         [y, y, y, n], // read the index
-        [y, y, y, n], // write _acks: readers report renders (see README: any agent id)
+        [y, y, y, n], // write _acks: readers report renders
+        [y, y, y, n], // ...under any agent id (README: known limit, no identity templating)
         [n, n, y, n], // soft-delete
         [n, n, y, n], // undelete
         [y, n, y, n], // destroy: a rotating agent destroys refused and retired keys' data
