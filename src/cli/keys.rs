@@ -116,7 +116,8 @@ pub async fn get(
         if !asked {
             // Not the user's input: the metadata points at a version Vault does not have.
             return Err(CliError::failed(format!(
-                "the current version of {name} is {version}, but Vault has versions {} only: its custom_metadata                  is damaged; put a working key with `keysync put {name}` or fix `current` (bao kv metadata patch)",
+                "the current version of {name} is {version}, but Vault has versions {} only: its custom_metadata \
+                 is damaged; put a working key with `keysync put {name}` or fix `current` (bao kv metadata patch)",
                 version_range(&record)
             )));
         }

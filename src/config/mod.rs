@@ -581,8 +581,9 @@ impl Config {
                 }
                 crate::agent::check_pass_env(&hook.pass_env)
                     .map_err(|m| ConfigError::new(source, Some(&format!("{field}.pass_env")), m))?;
+                // The message starts with the field (`keys.NAME.on_change.user: …`).
                 crate::agent::RunAs::resolve(&field, hook.user.as_deref(), hook.group.as_deref())
-                    .map_err(|m| ConfigError::new(source, Some(&field), m))?;
+                    .map_err(|m| ConfigError::new(source, None, m))?;
             }
         }
         for (i, sink) in self.sinks.iter().enumerate() {
@@ -643,7 +644,7 @@ impl Config {
             crate::agent::check_pass_env(&exec.pass_env)
                 .map_err(|m| ConfigError::new(source, Some("exec.pass_env"), m))?;
             crate::agent::RunAs::resolve("exec", exec.user.as_deref(), exec.group.as_deref())
-                .map_err(|m| ConfigError::new(source, Some("exec"), m))?;
+                .map_err(|m| ConfigError::new(source, None, m))?;
             if exec.on_change == ExecOnChange::Signal && exec.signal.is_none() {
                 return Err(ConfigError::new(
                     source,

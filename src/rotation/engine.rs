@@ -200,7 +200,8 @@ impl Engine<'_> {
             }
             Err(e) => {
                 return Err(StoreError::Refused(format!(
-                    "minting a key for {name} failed: {e}; the provider may hold a key keysync could not take                      (`keysync status {name}` shows the interrupted rotation until the next one succeeds)"
+                    "minting a key for {name} failed: {e}; the provider may hold a key keysync could not take \
+                     (`keysync status {name}` shows the interrupted rotation until the next one succeeds)"
                 )))
             }
         };
