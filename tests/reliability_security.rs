@@ -135,7 +135,7 @@ fn temp_files_are_never_readable_by_others_even_briefly() {
         "Security",
         "temp files during atomic renders (mode 0600, umask 022), a watcher stat-ing the directory continuously",
         renders,
-        &format!("{seen} temp files caught mid-render, none with group/other bits; final file 0600"),
+        &format!("{seen} stat()s of temp files caught mid-render, none with group/other bits; final file 0600"),
     );
 }
 
