@@ -16,6 +16,7 @@ async fn store(server: &DevServer, grace: Duration) -> KeyStore {
 
 async fn put(store: &KeyStore, name: &str, key: &str) {
     let opts = PutOptions { promote: true, reason: "test".into(), keep_fields: true };
+    support::leak::register(key);
     store.put(&KeyName::parse(name).unwrap(), KeyData::new(Secret::new(key)), &opts).await.unwrap();
 }
 
@@ -81,8 +82,10 @@ keys = ["openai"]
     let took = t0.elapsed();
     assert!(took < Duration::from_millis(1600), "propagation took {took:?}");
     assert_eq!(read(&prev_file).trim(), "sk-agent-one-1111111111111111", "previous rendered during grace");
-    let json: serde_json::Value = serde_json::from_str(&read(&d.join("out/app.json"))).unwrap();
-    assert_eq!(json["openai"]["version"], 2, "multi-key JSON sinks are keyed by name");
+    // The JSON sink is written after the raw one in the same pass: wait for it too.
+    let app_json = || serde_json::from_str::<serde_json::Value>(&read(&d.join("out/app.json"))).unwrap_or_default();
+    assert!(eventually(Duration::from_secs(2), || app_json()["openai"]["version"] == 2).await, "{}", app_json());
+    assert_eq!(app_json()["openai"]["version"], 2, "multi-key JSON sinks are keyed by name");
     // The first render wrote the file (hook for v1), the promotion rewrote it (hook for v2).
     assert!(
         eventually(Duration::from_secs(3), || read(&d.join("hook.log")).lines().count() == 2).await,

@@ -20,6 +20,8 @@ fn outcome(cmd: &mut Command) -> (i32, String, String) {
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(!stderr.contains("panicked") && !stdout.contains("panicked"), "panic: {stderr}");
+    support::leak::check(&stdout, "stdout of keysync");
+    support::leak::check(&stderr, "stderr of keysync");
     (out.status.code().unwrap_or(-1), stdout, stderr)
 }
 

@@ -23,6 +23,7 @@ fn opts() -> PutOptions {
 }
 
 fn data(key: &str) -> KeyData {
+    support::leak::register(key);
     KeyData::new(Secret::new(key))
 }
 

@@ -130,6 +130,7 @@ async fn three_agents_rotating_the_same_due_keys_make_one_version_each() {
         cmd.args(["--config", &cfg, "rotate", "--due", "--output", "json"])
             .env("VAULT_ADDR", &server.addr)
             .env("VAULT_TOKEN", &server.root_token)
+            .env("KEYSYNC_LOG", "trace")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
         children.push(cmd.spawn().unwrap());
@@ -137,6 +138,8 @@ async fn three_agents_rotating_the_same_due_keys_make_one_version_each() {
     for c in children {
         let out = c.wait_with_output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        support::leak::check(&String::from_utf8_lossy(&out.stdout), "stdout of rotate --due");
+        support::leak::check(&String::from_utf8_lossy(&out.stderr), "trace log of rotate --due");
     }
     for i in 0..5 {
         let status = cli.json(&["status", &format!("k{i}")]);
@@ -193,7 +196,15 @@ mod fake_openai {
         let mut s = s.lock().unwrap();
         s.next += 1;
         let id = format!("svc_acct_{}", s.next);
-        let key = format!("sk-svcacct-{project}-{:08}-secretpart", s.next);
+        // Random like real keys: a key embedding the (non-secret) project id would share
+        // characters with output that may show the project.
+        let key = format!(
+            "sk-svcacct-{project_len:02}{:08}-{:016x}-secretpart",
+            s.next,
+            rand::random::<u64>(),
+            project_len = project.len()
+        );
+        crate::support::leak::register(&key);
         s.accounts.insert(id.clone(), (key.clone(), false));
         s.names.insert(id.clone(), (name.clone(), chrono::Utc::now().timestamp()));
         let body = serde_json::json!({
@@ -359,6 +370,7 @@ async fn a_crash_right_after_minting_leaves_no_orphan_service_account() {
             .env("KEYSYNC_FAILPOINT", "after_mint")
             .output()
             .unwrap();
+        support::leak::check(&String::from_utf8_lossy(&out.stderr), "trace log of a crashed rotate");
         assert!(!out.status.success(), "run {run}: the failpoint should have killed keysync");
     }
     // Each crash minted one account; a later crashed run may already have cleaned up older

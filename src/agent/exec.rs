@@ -25,9 +25,6 @@ pub struct Child {
     env_fingerprints: BTreeMap<String, String>,
 }
 
-/// Variables the child must not inherit: keysync's own credentials.
-const WITHHELD: &[&str] = &["VAULT_TOKEN", "KEYSYNC_CONFIG"];
-
 impl Child {
     pub fn new(spec: ExecSpec, cfg: ExecConfig) -> Self {
         Child { spec, cfg, process: None, env_fingerprints: BTreeMap::new() }
@@ -45,44 +42,42 @@ impl Child {
         Some((values, fps))
     }
 
-    fn spawn(&mut self, env: BTreeMap<String, String>) -> std::io::Result<()> {
+    /// Starts the child with a minimal environment (see `child.rs`) plus its keys, as
+    /// `[exec] user`/`group` when set.
+    fn spawn(&mut self, keys: BTreeMap<String, String>) -> Result<(), String> {
         let Some((program, args)) = self.spec.argv.split_first() else {
-            return Err(std::io::Error::other("no command given after --"));
+            return Err("no command given after --; write keysync exec -- CMD ARGS…".into());
         };
+        let mut env = super::child::inherited_env(super::child::EXEC_BASE_ENV, &self.cfg.pass_env);
         let mut cmd = tokio::process::Command::new(program);
-        cmd.args(args);
-        for var in WITHHELD {
-            cmd.env_remove(var);
+        if let Some(run_as) = super::RunAs::resolve("exec", self.cfg.user.as_deref(), self.cfg.group.as_deref())? {
+            run_as.apply(&mut cmd, &mut env);
         }
-        for (k, _) in std::env::vars() {
-            if k.starts_with("KEYSYNC_") && k.contains("__") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.envs(env);
-        let child = cmd.spawn()?;
+        env.extend(keys);
+        cmd.args(args).env_clear().envs(env);
+        let child = cmd.spawn().map_err(|e| format!("cannot start {program} ({e}); check the command after --"))?;
         tracing::info!(pid = child.id(), command = %program, "started child");
         self.process = Some(child);
         Ok(())
     }
 
     /// Starts the child after the first render, restarts or signals it when its keys change.
-    pub async fn after_pass(&mut self, syncer: &Syncer, _report: &PassReport) {
+    /// An error means the child could not be started: `keysync exec` then exits with it
+    /// rather than supervising nothing.
+    pub async fn after_pass(&mut self, syncer: &Syncer, _report: &PassReport) -> Result<(), String> {
         let Some((env, fps)) = self.environment(syncer) else {
             if self.process.is_none() {
                 tracing::warn!("not starting the child yet: a key named in [exec] env is missing");
             }
-            return;
+            return Ok(());
         };
         if self.process.is_none() {
-            if let Err(e) = self.spawn(env) {
-                tracing::error!(error = %e, command = ?self.spec.argv.first(), "cannot start the child");
-            }
+            self.spawn(env)?;
             self.env_fingerprints = fps;
-            return;
+            return Ok(());
         }
         if fps == self.env_fingerprints {
-            return;
+            return Ok(());
         }
         self.env_fingerprints = fps;
         match self.cfg.on_change {
@@ -94,11 +89,10 @@ impl Child {
             ExecOnChange::Restart => {
                 tracing::info!("keys changed: restarting the child");
                 self.stop(Signal::SIGTERM).await;
-                if let Err(e) = self.spawn(env) {
-                    tracing::error!(error = %e, "cannot restart the child");
-                }
+                self.spawn(env)?;
             }
         }
+        Ok(())
     }
 
     fn signal(&self, sig: Signal) {

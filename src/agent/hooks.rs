@@ -83,8 +83,8 @@ fn due(cfg: &OnChangeConfig, p: &Pending) -> Instant {
     (p.last + min).min(p.first + max)
 }
 
-/// Runs the command (env: only PATH plus KEYSYNC_KEY/VERSION/FINGERPRINT — never the key)
-/// and/or sends the signal.
+/// Runs the command (env: `PATH`, `pass_env`, KEYSYNC_KEY/VERSION/FINGERPRINT — never the key
+/// or keysync's token; as `user`/`group` when set) and/or sends the signal.
 async fn run_hook(cfg: &OnChangeConfig, key: &KeyName, version: u64, fingerprint: &str) -> Result<(), String> {
     if let (Some(sig), Some(pid_file)) = (&cfg.signal, &cfg.pid_file) {
         let signal = parse_signal(sig)?;
@@ -98,15 +98,17 @@ async fn run_hook(cfg: &OnChangeConfig, key: &KeyName, version: u64, fingerprint
     }
     let Some((program, args)) = cfg.command.split_first() else { return Ok(()) };
     let timeout = cfg.timeout.map(|d| d.get()).unwrap_or(Duration::from_secs(30));
+    let mut env = super::child::inherited_env(super::child::HOOK_BASE_ENV, &cfg.pass_env);
     let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()))
-        .env("KEYSYNC_KEY", key.as_str())
-        .env("KEYSYNC_VERSION", version.to_string())
-        .env("KEYSYNC_FINGERPRINT", fingerprint)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
+    if let Some(run_as) =
+        super::RunAs::resolve(&format!("keys.{key}.on_change"), cfg.user.as_deref(), cfg.group.as_deref())?
+    {
+        run_as.apply(&mut cmd, &mut env);
+    }
+    env.insert("KEYSYNC_KEY".into(), key.as_str().into());
+    env.insert("KEYSYNC_VERSION".into(), version.to_string());
+    env.insert("KEYSYNC_FINGERPRINT".into(), fingerprint.into());
+    cmd.args(args).env_clear().envs(env).stdin(std::process::Stdio::null()).kill_on_drop(true);
     let child = cmd.output();
     match tokio::time::timeout(timeout, child).await {
         Err(_) => Err(format!("{program} timed out after {}", humantime::format_duration(timeout))),

@@ -4,10 +4,12 @@
 //! 0. A pass that cannot reach Vault leaves every file alone and is retried with backoff
 //! (1 s, 2 s, 4 s … capped at the poll interval, so recovery is seen within one poll).
 
+mod child;
 mod exec;
 mod hooks;
 mod sync;
 
+pub use child::{check_pass_env, RunAs};
 pub use exec::ExecSpec;
 pub use sync::{PassReport, Syncer};
 
@@ -144,7 +146,11 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
                     hooks.changed(key, *version, fp);
                 }
                 if let Some(c) = child.as_mut() {
-                    c.after_pass(&syncer, &report).await;
+                    if let Err(e) = c.after_pass(&syncer, &report).await {
+                        eprintln!("error: {e}");
+                        tracing::error!(error = %e, "cannot start the child; stopping");
+                        break 127;
+                    }
                 }
             }
             Err(e) => {

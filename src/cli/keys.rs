@@ -103,6 +103,7 @@ pub async fn get(
     output: Output,
 ) -> Result<(), CliError> {
     let record = store.require(name).await?;
+    let asked = version.is_some();
     let version = match version.or(record.state.current) {
         Some(v) => v,
         None => {
@@ -112,6 +113,14 @@ pub async fn get(
         }
     };
     if !record.meta.versions.contains_key(&version) {
+        if !asked {
+            // Not the user's input: the metadata points at a version Vault does not have.
+            return Err(CliError::failed(format!(
+                "the current version of {name} is {version}, but Vault has versions {} only: its custom_metadata \
+                 is damaged; put a working key with `keysync put {name}` or fix `current` (bao kv metadata patch)",
+                version_range(&record)
+            )));
+        }
         return Err(CliError::usage(format!(
             "--version {version} is out of range for {name}: it has versions {}",
             version_range(&record)

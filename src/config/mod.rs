@@ -107,6 +107,16 @@ pub struct OnChangeConfig {
     pub wait_min: Option<HumanDuration>,
     /// The hook runs at most this long after the first change, even if changes continue.
     pub wait_max: Option<HumanDuration>,
+    /// Run the command as this user (name or uid) instead of keysync's; needs keysync as root.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// ...and this group (name or gid); default: the user's primary group.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Variables of keysync's environment the command may see besides `PATH` (names or
+    /// `PREFIX_*`); `VAULT_*`, `BAO_*` and `KEYSYNC_*` are never passed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pass_env: Vec<String>,
 }
 
 /// `[exec]`: `keysync exec -- CMD` runs CMD with keys in its environment.
@@ -120,6 +130,17 @@ pub struct ExecConfig {
     pub signal: Option<String>,
     /// How long a stopping child gets between SIGTERM and SIGKILL.
     pub kill_timeout: Option<HumanDuration>,
+    /// Run the child as this user (name or uid); needs keysync as root.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// ...and this group (name or gid); default: the user's primary group.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Variables of keysync's environment the child may see besides the basics (`PATH`,
+    /// `HOME`, `USER`, `LANG`, `LC_*`, `TZ`, `TERM`, …): names or `PREFIX_*`, or `"*"` for
+    /// all; `VAULT_*`, `BAO_*` and `KEYSYNC_*` are never passed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pass_env: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -406,6 +427,29 @@ fn translate_config_error(label: &str, err: config::ConfigError) -> ConfigError 
         };
         return ConfigError::new(label, Some(&full), "required field is missing; add it");
     }
+    if let Some(rest) = text.strip_prefix("missing configuration field \"") {
+        let field = rest.split('"').next().unwrap_or(rest);
+        return ConfigError::new(label, Some(&normalize_key(field)), "required field is missing; add it");
+    }
+    if let Some((head, value)) = text.split_once(" does not have variant constructor ") {
+        let value = value.split(" for key").next().unwrap_or(value).trim();
+        let field = key_from_message(&text).map(|k| normalize_key(&k));
+        let enum_name = head.trim_start_matches("enum ").trim();
+        let choices = match enum_name {
+            "SinkFormat" => "raw, env, json, template",
+            "WriteMode" => "atomic, in_place",
+            "OnMissing" => "keep, remove",
+            "Charset" => "alphanumeric, hex, base64url",
+            "ExecOnChange" => "restart, signal",
+            "Preset" => "a preset listed in the README (openai, deepseek, anthropic, custom, …)",
+            _ => "a value listed in the README",
+        };
+        return ConfigError::new(
+            label,
+            field.as_deref(),
+            format!("{value:?} is not a valid value; use one of {choices}"),
+        );
+    }
     if text.contains("unknown variant") && text.contains("method") {
         return ConfigError::new(
             label,
@@ -413,8 +457,22 @@ fn translate_config_error(label: &str, err: config::ConfigError) -> ConfigError 
             format!("{text}; use one of token, approle, jwt, kubernetes"),
         );
     }
-    let field = key_from_message(&text);
+    let field = key_from_message(&text).map(|k| normalize_key(&k));
     ConfigError::new(label, field.as_deref(), text)
+}
+
+/// The config crate writes `sinks[0]format` for `sinks[0].format`.
+fn normalize_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len() + 4);
+    let mut after_bracket = false;
+    for c in key.chars() {
+        if after_bracket && c != '.' && c != '[' {
+            out.push('.');
+        }
+        after_bracket = c == ']';
+        out.push(c);
+    }
+    out
 }
 
 fn key_from_message(text: &str) -> Option<String> {
@@ -521,6 +579,11 @@ impl Config {
                 if let Some(sig) = &hook.signal {
                     parse_signal(sig).map_err(|m| ConfigError::new(source, Some(&format!("{field}.signal")), m))?;
                 }
+                crate::agent::check_pass_env(&hook.pass_env)
+                    .map_err(|m| ConfigError::new(source, Some(&format!("{field}.pass_env")), m))?;
+                // The message starts with the field (`keys.NAME.on_change.user: …`).
+                crate::agent::RunAs::resolve(&field, hook.user.as_deref(), hook.group.as_deref())
+                    .map_err(|m| ConfigError::new(source, None, m))?;
             }
         }
         for (i, sink) in self.sinks.iter().enumerate() {
@@ -578,6 +641,10 @@ impl Config {
             if let Some(sig) = &exec.signal {
                 parse_signal(sig).map_err(|m| ConfigError::new(source, Some("exec.signal"), m))?;
             }
+            crate::agent::check_pass_env(&exec.pass_env)
+                .map_err(|m| ConfigError::new(source, Some("exec.pass_env"), m))?;
+            crate::agent::RunAs::resolve("exec", exec.user.as_deref(), exec.group.as_deref())
+                .map_err(|m| ConfigError::new(source, None, m))?;
             if exec.on_change == ExecOnChange::Signal && exec.signal.is_none() {
                 return Err(ConfigError::new(
                     source,
@@ -742,6 +809,20 @@ mod tests {
         let err = load_text("[vault\naddress = 1\n", &[]).unwrap_err();
         assert!(err.message.starts_with("invalid TOML"), "{err}");
         assert!(err.message.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn unknown_enum_values_list_the_choices_with_a_dotted_field() {
+        let err = load_text("[[sinks]]\npath = \"/tmp/x\"\nkeys = [\"a\"]\nformat = \"yaml\"\n", &[]).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("sinks[0].format"), "{err}");
+        assert!(err.message.contains("\"yaml\"") && err.message.contains("raw, env, json, template"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_required_field_says_to_add_it() {
+        let err = load_text("[vault.auth]\nmethod = \"approle\"\nrole_id_file = \"/r\"\n", &[]).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("vault.auth.secret_id_file"), "{err}");
+        assert!(err.message.contains("add it"), "{err}");
     }
 
     #[test]

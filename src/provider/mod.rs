@@ -85,6 +85,14 @@ pub enum ProviderError {
     RevokeUnsupported(&'static str),
     #[error("invalid provider config: {0}")]
     Config(String),
+    /// A provider's API refused the request (an error status, no connection): nothing was
+    /// minted.
+    #[error("{0}")]
+    ApiRefused(String),
+    /// A provider's API answered with something unusable, or not in time: it may have minted
+    /// a key keysync could not take.
+    #[error("{0}")]
+    Api(String),
     #[error("the operating system's random number generator failed: {0}")]
     Random(String),
     #[error("could not start {program:?}: {source}")]
@@ -99,6 +107,24 @@ pub enum ProviderError {
     OutputTooLarge { program: String, limit: usize },
     #[error("{program:?} printed invalid output: {reason}")]
     BadOutput { program: String, reason: String },
+}
+
+impl ProviderError {
+    /// Whether the provider certainly holds no new key after this failure: the request never
+    /// went out, or was refused outright. Otherwise (a timeout, an unreadable answer) a key
+    /// may exist at the provider, and the rotation intent stays recorded so `status` says so.
+    pub fn nothing_minted(&self) -> bool {
+        matches!(
+            self,
+            ProviderError::Manual
+                | ProviderError::RevokeUnsupported(_)
+                | ProviderError::Config(_)
+                | ProviderError::Random(_)
+                | ProviderError::Spawn { .. }
+                | ProviderError::Exit { .. }
+                | ProviderError::ApiRefused(_)
+        )
+    }
 }
 
 /// A configured provider, ready to mint. An enum rather than a trait object: the set of kinds

@@ -100,11 +100,25 @@ impl OpenAiConfig {
             .json(&json!({ "name": name }))
             .send()
             .await
-            .map_err(|e| api_error("create a service account", &e.without_url().to_string()))?;
+            .map_err(|e| {
+                let refused = e.is_connect() || e.is_builder();
+                let message = format!(
+                    "OpenAI Admin API: could not create a service account: {}",
+                    send_error(e, self.timeout.get())
+                );
+                if refused {
+                    ProviderError::ApiRefused(message)
+                } else {
+                    ProviderError::Api(message)
+                }
+            })?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| api_error("create a service account", &e.to_string()))?;
+        let bytes = read_capped(resp, "create a service account").await?;
         if !status.is_success() {
-            return Err(api_error("create a service account", &format!("HTTP {status}: {}", error_message(&bytes))));
+            return Err(ProviderError::ApiRefused(format!(
+                "OpenAI Admin API: could not create a service account: HTTP {status}: {}",
+                error_message(&bytes)
+            )));
         }
         let body: Value = serde_json::from_slice(&bytes)
             .map_err(|_| api_error("create a service account", "the answer is not JSON"))?;
@@ -140,9 +154,9 @@ impl OpenAiConfig {
             .bearer_auth(admin.expose())
             .send()
             .await
-            .map_err(|e| api_error("list service accounts", &e.without_url().to_string()))?;
+            .map_err(|e| api_error("list service accounts", &send_error(e, self.timeout.get())))?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| api_error("list service accounts", &e.to_string()))?;
+        let bytes = read_capped(resp, "list service accounts").await?;
         if !status.is_success() {
             return Err(api_error("list service accounts", &format!("HTTP {status}: {}", error_message(&bytes))));
         }
@@ -178,18 +192,61 @@ impl OpenAiConfig {
             .bearer_auth(admin.expose())
             .send()
             .await
-            .map_err(|e| api_error("delete the service account", &e.without_url().to_string()))?;
+            .map_err(|e| api_error("delete the service account", &send_error(e, self.timeout.get())))?;
         let status = resp.status();
         if status.is_success() || status.as_u16() == 404 {
             return Ok(());
         }
-        let bytes = resp.bytes().await.unwrap_or_default();
+        let bytes = read_capped(resp, "delete the service account").await.unwrap_or_default();
         Err(api_error("delete the service account", &format!("HTTP {status}: {}", error_message(&bytes))))
     }
 }
 
+/// The most of an Admin API answer keysync reads: real answers are a few KiB (a page of 100
+/// service accounts); anything bigger is refused rather than buffered, so a broken or hostile
+/// endpoint cannot make the agent hold gigabytes.
+pub const MAX_ANSWER: usize = 1024 * 1024;
+
+/// Reads the body chunk by chunk, refusing more than [`MAX_ANSWER`] bytes.
+async fn read_capped(mut resp: reqwest::Response, what: &str) -> Result<Vec<u8>, ProviderError> {
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| {
+        let why = if e.is_timeout() {
+            "the answer did not arrive in time (timed out)".into()
+        } else {
+            e.without_url().to_string()
+        };
+        api_error(what, &why)
+    })? {
+        if out.len() + chunk.len() > MAX_ANSWER {
+            return Err(api_error(
+                what,
+                &format!(
+                    "the answer is larger than {MAX_ANSWER} bytes; refused (check base_url points at the Admin API)"
+                ),
+            ));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
 fn api_error(what: &str, detail: &str) -> ProviderError {
-    ProviderError::Config(format!("OpenAI Admin API: could not {what}: {detail}"))
+    ProviderError::Api(format!("OpenAI Admin API: could not {what}: {detail}"))
+}
+
+/// A failed request, said without the URL (it is in the config) but with the reason.
+fn send_error(e: reqwest::Error, timeout: Duration) -> String {
+    if e.is_timeout() {
+        return format!(
+            "no answer within {} (timed out); retry later or raise the provider's timeout",
+            humantime::format_duration(timeout)
+        );
+    }
+    if e.is_connect() {
+        return "cannot connect; check base_url and the network".into();
+    }
+    e.without_url().to_string()
 }
 
 /// OpenAI's `{"error": {"message": …}}`, cut short; never the whole body.

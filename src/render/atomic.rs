@@ -508,6 +508,26 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_symlink_planted_at_a_temp_path_is_never_followed() {
+        // Temp names are random, but if one were guessed: O_EXCL|O_NOFOLLOW refuses the
+        // planted link (dangling or not) and the file it points at is neither created nor
+        // changed.
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        let planted = dir.path().join(".key.keysync-0000000000000000.tmp");
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        let err = create_exclusive(&planted, 0o600).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists, "{err}");
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        let dangling = dir.path().join(".other.keysync-0000000000000001.tmp");
+        let would_create = dir.path().join("created-through-link");
+        std::os::unix::fs::symlink(&would_create, &dangling).unwrap();
+        assert!(create_exclusive(&dangling, 0o600).is_err());
+        assert!(!would_create.exists(), "a dangling planted link must not create its target");
+    }
+
+    #[test]
     fn a_world_writable_non_sticky_parent_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let open = dir.path().join("open");

@@ -192,11 +192,19 @@ impl Engine<'_> {
         with_intent.meta.current_version = record.meta.current_version;
         let record = &with_intent;
         self.reconcile(plan, record).await;
-        let minted = plan
-            .provider
-            .mint_for(name.as_str())
-            .await
-            .map_err(|e| StoreError::Refused(format!("minting a key for {name} failed: {e}")))?;
+        let minted = match plan.provider.mint_for(name.as_str()).await {
+            Ok(m) => m,
+            Err(e) if e.nothing_minted() => {
+                self.clear_intent(name).await;
+                return Err(StoreError::Refused(format!("minting a key for {name} failed: {e}")));
+            }
+            Err(e) => {
+                return Err(StoreError::Refused(format!(
+                    "minting a key for {name} failed: {e}; the provider may hold a key keysync could not take \
+                     (`keysync status {name}` shows the interrupted rotation until the next one succeeds)"
+                )))
+            }
+        };
         crate::failpoint::hit("after_mint");
         let key_id = minted.key_id.clone();
         let mut data = KeyData::new(minted.api_key);

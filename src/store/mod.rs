@@ -322,8 +322,15 @@ impl KeyStore {
         after.managed = true;
         after.prune(record.meta.oldest_version);
         self.kv.patch_custom_metadata(name, after.merge_patch(&record.state)).await?;
-        let deleted = after.current.and_then(|c| record.meta.versions.get(&c)).is_some_and(|m| !m.is_live());
-        self.publish(name, &after, deleted).await;
+        let deleted_of =
+            |st: &RotationState| st.current.and_then(|c| record.meta.versions.get(&c)).is_some_and(|m| !m.is_live());
+        let deleted = deleted_of(&after);
+        // Bookkeeping that consumers do not see (a rotation intent, a retry counter, a
+        // fingerprint) leaves the index alone: no new index version, no agent wakes up.
+        let before = IndexEntry::from_state(&record.state, deleted_of(&record.state));
+        if !record.state.managed || IndexEntry::from_state(&after, deleted) != before {
+            self.publish(name, &after, deleted).await;
+        }
         Ok(after)
     }
 

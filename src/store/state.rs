@@ -151,7 +151,9 @@ impl RotationState {
                 Some(ValidationRetry { version, attempts, next_at })
             }
         };
-        let text = |field: &str| meta.get(field).map(|s| s.to_string());
+        // Read as keysync would write them, so decode(encode(s)) == s: an empty value (Vault
+        // refuses them, other tools may not) is no value, and an intent of "" is no intent.
+        let text = |field: &str| meta.get(field).map(|s| sanitize(s)).filter(|s| !s.is_empty());
         Ok(RotationState {
             current: version("current")?,
             previous: version("previous")?,
@@ -326,6 +328,14 @@ mod tests {
         assert_eq!(err.field, "current");
         let text = err.to_string();
         assert!(text.contains("openai") && text.contains("\"three\""), "{text}");
+    }
+
+    #[test]
+    fn empty_text_fields_read_as_absent() {
+        let meta: BTreeMap<String, String> =
+            [("intent".to_string(), " ".to_string()), ("rotated_by".to_string(), String::new())].into();
+        let s = RotationState::decode("k", &meta).unwrap();
+        assert_eq!((s.intent, s.rotated_by), (None, None));
     }
 
     #[test]

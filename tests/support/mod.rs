@@ -7,6 +7,7 @@
 //! then keep to their own random mounts and prefixes.
 #![allow(dead_code)]
 
+pub mod leak;
 pub mod report;
 
 use rand::Rng as _;
@@ -68,9 +69,11 @@ fn http_status(addr: &str, path: &str) -> Option<u16> {
 impl DevServer {
     /// Starts a fresh dev server (or attaches to the external one).
     pub fn start() -> DevServer {
+        leak::capture_in_process_tracing();
         if let (Ok(addr), Ok(token)) =
             (std::env::var("KEYSYNC_TEST_VAULT_ADDR"), std::env::var("KEYSYNC_TEST_VAULT_TOKEN"))
         {
+            leak::register(&token);
             return DevServer { addr, root_token: token, child: None, log: PathBuf::new(), _dir: None };
         }
         let bin = server_binary();
@@ -81,6 +84,7 @@ impl DevServer {
             let port = free_port();
             let addr = format!("http://127.0.0.1:{port}");
             let root_token = unique("root");
+            leak::register(&root_token);
             let log_file = std::fs::File::create(&log).expect("log file");
             let mut cmd = Command::new(&bin);
             cmd.args([
@@ -148,6 +152,9 @@ impl DevServer {
 impl Drop for DevServer {
     fn drop(&mut self) {
         self.stop();
+        if !std::thread::panicking() {
+            leak::check_in_process_tracing();
+        }
     }
 }
 
@@ -176,7 +183,9 @@ impl Admin {
         if let Some(ttl) = wrap_ttl {
             req = req.header("X-Vault-Wrap-TTL", ttl);
         }
+        leak::register(&self.token);
         if let Some(body) = body {
+            leak::register_json(&body);
             req = req.json(&body);
         }
         let resp = req.send().await.unwrap_or_else(|e| panic!("request to {path} failed: {e}"));
@@ -187,6 +196,7 @@ impl Admin {
         } else {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
+        leak::register_json(&value);
         (status, value)
     }
 
@@ -266,6 +276,7 @@ impl Cli {
             .env("VAULT_TOKEN", &self.token)
             .env("HOME", &self.dir)
             .env("KEYSYNC_AGENT_ID", "test-cli")
+            .env("KEYSYNC_LOG", "trace")
             .env_remove("KEYSYNC_CONFIG")
             .args(args);
         cmd
@@ -273,6 +284,7 @@ impl Cli {
 
     /// Runs with `stdin` and checks the output for leaks (unless `--reveal` is in `args`).
     pub fn run_with_stdin(&self, args: &[&str], stdin: &str) -> (i32, String, String) {
+        self.register_inputs(args, stdin);
         let out = self.command(args).write_stdin(stdin.to_string()).output().expect("run keysync");
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
@@ -282,8 +294,29 @@ impl Cli {
                 assert_no_leak(s, &stdout, &format!("stdout of keysync {args:?}"));
                 assert_no_leak(s, &stderr, &format!("stderr of keysync {args:?}"));
             }
+            leak::check(&stdout, &format!("stdout of keysync {args:?}"));
         }
+        leak::check(&stderr, &format!("stderr (trace log) of keysync {args:?}"));
         (out.status.code().unwrap_or(-1), stdout, stderr)
+    }
+
+    /// Adds the keys a `put` or `import` is about to store to the leak registry.
+    fn register_inputs(&self, args: &[&str], stdin: &str) {
+        leak::register(&self.token);
+        self.secrets.iter().for_each(|s| leak::register(s));
+        let file_arg = |flag: &str| args.iter().position(|a| *a == flag).and_then(|i| args.get(i + 1));
+        let read = |f: &str| std::fs::read_to_string(self.dir.join(f)).unwrap_or_default();
+        if args.contains(&"put") {
+            match file_arg("--file") {
+                Some(f) => leak::register(&read(f)),
+                None => leak::register(stdin),
+            }
+        }
+        if let Some(i) = args.iter().position(|a| *a == "import") {
+            if let Some(f) = args.get(i + 1) {
+                leak::register_import_file(&read(f));
+            }
+        }
     }
 
     pub fn run(&self, args: &[&str]) -> (i32, String, String) {
@@ -400,10 +433,11 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(config: &Path, addr: &str, token: &str, args: &[&str], dir: &Path) -> Agent {
+        leak::register(token);
         let log = dir.join(format!("agent-{}.log", unique("run")));
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_keysync"))
-            .args(["--config", config.to_str().unwrap(), "--log-level", "debug"])
+            .args(["--config", config.to_str().unwrap(), "--log-level", "trace"])
             .args(args)
             .env("VAULT_ADDR", addr)
             .env("VAULT_TOKEN", token)
@@ -443,6 +477,11 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Checked after the process is gone, so its last words are included; not while a
+        // test is already failing (a second panic would abort and hide the first).
+        if !std::thread::panicking() {
+            leak::check(&self.log_text(), &format!("trace log of keysync agent {}", self.log.display()));
+        }
     }
 }
 
