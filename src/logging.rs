@@ -18,7 +18,13 @@ pub fn init(level: &str, format: LogFormat) -> Result<(), String> {
     let filter = EnvFilter::try_new(&directives).map_err(|e| {
         format!("--log-level {level:?} is not a level or filter ({e}); use error, warn, info, debug or trace")
     })?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    // Colours only on a terminal: escape codes in a log file or journal garble every line.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(ansi);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

@@ -186,6 +186,7 @@ impl Engine<'_> {
                 Ok(())
             })
             .await?;
+        crate::failpoint::hit("after_intent");
         // Build on the state that now carries the intent, but keep the CAS on the version we
         // decided from: if anyone wrote since, our write must lose.
         let mut with_intent = self.store.require(name).await?;
@@ -224,6 +225,7 @@ impl Engine<'_> {
                 return Err(e);
             }
         };
+        crate::failpoint::hit("after_put");
         self.clear_intent(name).await;
         tracing::info!(key = %name, version = outcome.version, "created a pending version");
         crate::failpoint::hit("after_pending");
@@ -281,13 +283,16 @@ impl Engine<'_> {
                 }
             }
         }
+        crate::failpoint::hit("after_validate");
         let now = self.clock.now();
         let grace = plan.grace;
         let actor = self.store.actor().to_string();
         let reason = reason.to_string();
+        let writer = data.fields.get(crate::store::WRITTEN_BY_FIELD).and_then(Value::as_str).map(str::to_string);
         let mut previous = None;
         self.store
             .update_state(name, |_, s| {
+                clear_intent_of(s, writer.as_deref());
                 if s.current == Some(version) {
                     return Ok(()); // already promoted (by us before a crash, or a peer)
                 }
@@ -313,10 +318,19 @@ impl Engine<'_> {
 
     /// A pending version that will not be promoted: mark it failed, revoke it at the
     /// provider, destroy its data (the fingerprint stays for audit).
+    ///
+    /// Revoke first: a crash after marking the version failed but before revoking would leave
+    /// a live key at the provider that nothing points at any more. Revoking again on resume is
+    /// harmless (providers treat an already revoked key as done).
     async fn give_up(&self, plan: &KeyPlan, version: u64, data: &KeyData, why: String) -> Result<Outcome, StoreError> {
         let name = &plan.name;
+        let key_id = data.fields.get("key_id").and_then(Value::as_str);
+        self.revoke(plan, key_id, "failed validation").await;
+        crate::failpoint::hit("after_refused_revoke");
+        let writer = data.fields.get(crate::store::WRITTEN_BY_FIELD).and_then(Value::as_str).map(str::to_string);
         self.store
             .update_state(name, |_, s| {
+                clear_intent_of(s, writer.as_deref());
                 s.failed.insert(version);
                 if s.pending == Some(version) {
                     s.pending = None;
@@ -325,8 +339,6 @@ impl Engine<'_> {
                 Ok(())
             })
             .await?;
-        let key_id = data.fields.get("key_id").and_then(Value::as_str);
-        self.revoke(plan, key_id, "failed validation").await;
         if let Err(e) = self.store.kv().destroy(name, &[version]).await {
             tracing::warn!(key = %name, version, error = %e, "could not destroy the refused version's data");
         }
@@ -353,6 +365,7 @@ impl Engine<'_> {
                 }
             }
         }
+        crate::failpoint::hit("after_revoke_previous");
         self.store
             .update_state(name, |_, s| {
                 if s.previous == Some(prev) {
@@ -458,5 +471,16 @@ impl Engine<'_> {
                 .get_or_create(&KeyReasonLabel { key: name.to_string(), reason: reason.into() })
                 .inc();
         }
+    }
+}
+
+/// Clears the rotation intent when the agent that wrote the version being finished is the
+/// one that recorded it: its minted key is stored, so nothing is orphaned. (A crash between
+/// storing the pending version and clearing the intent would otherwise leave a stale
+/// "interrupted rotation" behind for good.) Another agent's intent is left alone.
+fn clear_intent_of(state: &mut crate::store::RotationState, writer: Option<&str>) {
+    let Some(writer) = writer else { return };
+    if state.intent.as_deref().is_some_and(|i| i.starts_with(&format!("{writer} at "))) {
+        state.intent = None;
     }
 }

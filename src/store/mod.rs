@@ -228,7 +228,7 @@ impl KeyStore {
             if opts.keep_fields {
                 if let VersionRead::Live(old) = self.kv.read(name, current).await? {
                     for (k, v) in old.fields {
-                        if !is_provenance_field(&k) {
+                        if !is_provenance_field(&k) && !is_key_specific_field(&k) {
                             data.fields.entry(k).or_insert(v);
                         }
                     }
@@ -322,8 +322,23 @@ impl KeyStore {
         after.managed = true;
         after.prune(record.meta.oldest_version);
         self.kv.patch_custom_metadata(name, after.merge_patch(&record.state)).await?;
-        let deleted = after.current.and_then(|c| record.meta.versions.get(&c)).is_some_and(|m| !m.is_live());
-        self.publish(name, &after, deleted).await;
+        let deleted_of = |r: &KeyRecord, s: &RotationState| {
+            s.current.and_then(|c| r.meta.versions.get(&c)).is_some_and(|m| !m.is_live())
+        };
+        let deleted = deleted_of(&record, &after);
+        if IndexEntry::from_state(&after, deleted)
+            == IndexEntry::from_state(&record.state, deleted_of(&record, &record.state))
+        {
+            return Ok(after); // nothing agents follow changed (intent, retry, failed …)
+        }
+        // Publish what Vault holds now rather than our view of it: the patch only touched the
+        // fields we changed, but `after` also carries the other fields as we read them, and
+        // another agent may have promoted since. Publishing that stale view would move the
+        // index back to the old version until the next full sync.
+        match self.record(name).await {
+            Ok(Some(fresh)) => self.publish(name, &fresh.state, deleted_of(&fresh, &fresh.state)).await,
+            _ => self.publish(name, &after, deleted).await,
+        }
         Ok(after)
     }
 
@@ -434,6 +449,13 @@ impl KeyStore {
 /// keysync's provenance fields in version data.
 pub fn is_provenance_field(name: &str) -> bool {
     name == WRITTEN_BY_FIELD || name == REASON_FIELD
+}
+
+/// Fields that describe one particular key, not the account or project it belongs to: a new
+/// key must never inherit them from the old one (an inherited `expires_at` would make every
+/// rotated key due again at once; an inherited `key_id` would revoke the wrong key).
+pub fn is_key_specific_field(name: &str) -> bool {
+    name == "key_id" || name == "expires_at"
 }
 
 /// An API key must be one line of visible characters: a stray newline or space from a copy
