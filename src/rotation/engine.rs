@@ -284,6 +284,14 @@ impl Engine<'_> {
             }
         }
         crate::failpoint::hit("after_validate");
+        // Promoting pushes the current key to `previous`; a previous key still in its grace
+        // period would drop out of the state without ever being revoked (rotating again within
+        // grace: `--force`, or an interval shorter than grace). Retire it first.
+        let record = self.store.require(name).await?;
+        if let Some(p) = record.state.previous.filter(|p| *p != version && record.state.current != Some(version)) {
+            tracing::warn!(key = %name, version = p, "rotating again while the previous key is in its grace period; retiring it now so it is not left live at the provider");
+            self.retire(plan, p).await?;
+        }
         let now = self.clock.now();
         let grace = plan.grace;
         let actor = self.store.actor().to_string();
@@ -355,6 +363,13 @@ impl Engine<'_> {
         if until > self.clock.now() && !self.every_reporting_agent_switched(plan, &record).await? {
             return Ok(());
         }
+        self.retire(plan, prev).await
+    }
+
+    /// Revokes version `prev` at the provider (when it can and the policy wants it), then
+    /// clears `previous` if it still is `prev`. Safe to repeat after a crash in between.
+    async fn retire(&self, plan: &KeyPlan, prev: u64) -> Result<(), StoreError> {
+        let name = &plan.name;
         if plan.policy.revoke_previous.unwrap_or(true) && plan.provider.can_revoke() {
             if let VersionRead::Live(d) = self.store.read(name, prev).await? {
                 if let Some(id) = d.fields.get("key_id").and_then(Value::as_str) {

@@ -21,6 +21,8 @@ pub struct Accounts {
     next: u32,
     /// Answer 401 to every validation, live key or not.
     pub refuse: bool,
+    /// How long creating an account and validating a key take (a real API is not instant).
+    pub latency: std::time::Duration,
 }
 
 pub type Shared = Arc<Mutex<Accounts>>;
@@ -42,6 +44,8 @@ async fn create(
     if bearer(&h) != ADMIN_KEY {
         return (StatusCode::UNAUTHORIZED, r#"{"error":{"message":"Invalid admin key"}}"#.into());
     }
+    let latency = s.lock().unwrap().latency;
+    tokio::time::sleep(latency).await;
     let name = serde_json::from_str::<serde_json::Value>(&body).ok().and_then(|v| v["name"].as_str().map(String::from));
     let Some(name) = name else {
         return (StatusCode::BAD_REQUEST, r#"{"error":{"message":"name is required"}}"#.into());
@@ -99,6 +103,8 @@ async fn remove(
 }
 
 async fn models(State(s): State<Shared>, h: HeaderMap) -> (StatusCode, String) {
+    let latency = s.lock().unwrap().latency;
+    tokio::time::sleep(latency).await;
     let key = bearer(&h);
     let s = s.lock().unwrap();
     let live = !s.refuse && s.accounts.values().any(|(k, deleted)| *k == key && !deleted);
