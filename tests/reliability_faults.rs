@@ -93,7 +93,7 @@ async fn steady_outage(mode: Mode, label: &str) {
     assert_eq!(stats.bad, 0, "{label}: {} torn or foreign reads ({:?})", stats.bad, stats.first_bad);
     assert_eq!(stats.missing, 0, "{label}: the file disappeared {} times", stats.missing);
     let why = why.trim().replace('|', "/");
-    let why = if why.chars().count() > 90 { format!("{}…", why.chars().take(90).collect::<String>()) } else { why };
+    let why = if why.chars().count() > 200 { format!("{}…", why.chars().take(200).collect::<String>()) } else { why };
     report::record(
         "Faults",
         &format!("{secs} s Vault outage in steady state, {label}; a new version written meanwhile"),

@@ -253,7 +253,7 @@ async fn write_error_scenario(use_tmpfs: bool) {
         &format!(
             "old file intact (0 torn/missing of {} reads), no temp file left; error: `{}`; keysync_sink_render_total{{result=\"failed\"}} +{failures:.0} (about {per_sec:.1}/s at a 500 ms poll); new key written {recovered:.1} s after space returned",
             stats.reads,
-            short(error, 150)
+            short(error, 260)
         ),
     );
 }
@@ -395,7 +395,7 @@ async fn a_revoked_plain_token_makes_the_agent_not_ready_with_the_reason_and_no_
         1,
         &format!(
             "/readyz 503: \"{}\"; files kept (0 bad of {} reads); {requests:.0} requests in {window:.0} s ({:.1}/s, request + lookup-self once per 1 s poll)",
-            short(&why, 120),
+            short(&why, 260),
             stats.reads,
             requests / window
         ),
@@ -466,7 +466,7 @@ async fn a_used_up_secret_id_is_reported_with_the_fix_and_a_new_one_is_picked_up
         1,
         &format!(
             "/readyz 503: \"{}\"; the refused secret_id sent once (no lockout), {requests:.0} requests in {window:.0} s ({:.1}/s); a new secret_id written to the file was used {recovered:.1} s later",
-            short(&why, 140),
+            short(&why, 300),
             requests / window
         ),
     );
@@ -552,7 +552,7 @@ async fn a_sealed_server_is_reported_without_a_hot_loop_and_recovered_after_unse
         1,
         &format!(
             "/readyz 503: \"{}\"; files kept (0 bad of {} reads); {requests:.0} requests in {window:.0} s sealed ({:.1}/s); ready again {ready_after:.1} s after unseal, next version on disk {propagated:.1} s after it was written",
-            short(&why, 120),
+            short(&why, 260),
             stats.reads,
             requests / window
         ),
