@@ -298,11 +298,13 @@ impl Engine<'_> {
         let reason = reason.to_string();
         let writer = data.fields.get(crate::store::WRITTEN_BY_FIELD).and_then(Value::as_str).map(str::to_string);
         let mut previous = None;
+        let mut already = false;
         self.store
             .update_state(name, |_, s| {
                 clear_intent_of(s, writer.as_deref());
                 if s.current == Some(version) {
-                    return Ok(()); // already promoted (by us before a crash, or a peer)
+                    already = true; // a peer finishing the same pending version got there first
+                    return Ok(());
                 }
                 previous = s.current;
                 s.previous = s.current;
@@ -318,6 +320,10 @@ impl Engine<'_> {
                 Ok(())
             })
             .await?;
+        if already {
+            self.count(name, "lost_race");
+            return Ok(Outcome::LostRace);
+        }
         crate::failpoint::hit("after_promote");
         self.count(name, "rotated");
         tracing::info!(key = %name, version, "promoted");

@@ -25,16 +25,23 @@ pub struct Authenticator {
     env_token: Option<Secret>,
     cached_secret_id: Mutex<Option<CachedSecretId>>,
     /// The last AppRole credentials Vault refused, with its answer. They are not sent again
-    /// until a file changes: each refused login counts towards Vault's user lockout, and
-    /// retrying a used-up secret_id every poll would lock the role out (403 for 15 minutes
-    /// by default), so even a freshly issued secret_id would be refused.
+    /// until a file changes or [`REFUSED_RETRY_AFTER`] passes: each refused login counts
+    /// towards Vault's user lockout, and retrying a used-up secret_id every poll would lock the
+    /// role out (403 for 15 minutes by default), so even a freshly issued secret_id would be
+    /// refused.
     refused: Mutex<Option<Refusal>>,
 }
+
+/// How long refused, unchanged AppRole credentials are not sent again. Longer than Vault's
+/// default lockout counter reset (15 min), so these retries alone never lock the role out,
+/// and a lockout caused by someone else ends without anyone touching the files.
+const REFUSED_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(20 * 60);
 
 #[derive(Debug, Clone)]
 struct Refusal {
     credentials_fp: String,
     message: String,
+    at: std::time::Instant,
 }
 
 #[derive(Debug, Clone)]
@@ -117,9 +124,10 @@ impl Authenticator {
         let credentials_fp =
             crate::secret::fingerprint(format!("{}\n{}", role_id.expose(), secret_id.expose()).as_bytes());
         let earlier = self.refused.lock().ok().and_then(|r| r.clone());
-        if let Some(r) = earlier.filter(|r| r.credentials_fp == credentials_fp) {
+        if let Some(r) = earlier.filter(|r| r.credentials_fp == credentials_fp && r.at.elapsed() < REFUSED_RETRY_AFTER)
+        {
             return Err(VaultError::Auth(format!(
-                "{}; not tried again until {} or {} changes (repeated refused logins make Vault lock the role out)",
+                "{}; not tried again for 20 minutes unless {} or {} changes (repeated refused logins make Vault lock the role out)",
                 r.message,
                 cfg.role_id_file.display(),
                 cfg.secret_id_file.display()
@@ -146,7 +154,9 @@ impl Authenticator {
         });
         if let Ok(mut slot) = self.refused.lock() {
             match &result {
-                Err(e) if refused => *slot = Some(Refusal { credentials_fp, message: e.to_string() }),
+                Err(e) if refused => {
+                    *slot = Some(Refusal { credentials_fp, message: e.to_string(), at: std::time::Instant::now() })
+                }
                 Ok(_) => *slot = None,
                 Err(_) => {} // transient: the credentials may still be good
             }
