@@ -505,3 +505,22 @@ fn clear_intent_of(state: &mut crate::store::RotationState, writer: Option<&str>
         state.intent = None;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::clear_intent_of;
+    use crate::store::RotationState;
+
+    #[test]
+    fn finishing_a_version_clears_only_its_writers_intent() {
+        let mut s = RotationState { intent: Some("agent-a at 2026-01-01T00:00:00Z".into()), ..Default::default() };
+        clear_intent_of(&mut s, Some("agent-b"));
+        assert!(s.intent.is_some(), "another agent's intent is its trace, not ours to clear");
+        clear_intent_of(&mut s, None);
+        assert!(s.intent.is_some(), "a version without a writer (by hand) clears nothing");
+        clear_intent_of(&mut s, Some("agent"));
+        assert!(s.intent.is_some(), "a prefix of the actor is a different actor");
+        clear_intent_of(&mut s, Some("agent-a"));
+        assert!(s.intent.is_none());
+    }
+}

@@ -265,7 +265,7 @@ impl KeyStore {
         after.prune(record.as_ref().map_or(1, |r| r.meta.oldest_version));
         self.kv.patch_custom_metadata(name, after.merge_patch(&before)).await?;
         if opts.promote {
-            self.publish(name, &after, false).await;
+            self.publish_fresh(name, &after, false).await;
         }
         Ok(PutOutcome { name: name.clone(), version, fingerprint, promoted: opts.promote, previous, unchanged: false })
     }
@@ -331,15 +331,24 @@ impl KeyStore {
         {
             return Ok(after); // nothing agents follow changed (intent, retry, failed …)
         }
-        // Publish what Vault holds now rather than our view of it: the patch only touched the
-        // fields we changed, but `after` also carries the other fields as we read them, and
-        // another agent may have promoted since. Publishing that stale view would move the
-        // index back to the old version until the next full sync.
-        match self.record(name).await {
-            Ok(Some(fresh)) => self.publish(name, &fresh.state, deleted_of(&fresh, &fresh.state)).await,
-            _ => self.publish(name, &after, deleted).await,
-        }
+        self.publish_fresh(name, &after, deleted).await;
         Ok(after)
+    }
+
+    /// Publishes what Vault holds now rather than our view of it: a metadata patch only
+    /// touches the fields we changed, but our state also carries the other fields as we read
+    /// them, and another agent may have promoted since. Publishing that stale view would move
+    /// the index back to the old version until the next full sync. `ours` is the fallback
+    /// when the key cannot be read back.
+    async fn publish_fresh(&self, name: &KeyName, ours: &RotationState, deleted: bool) {
+        match self.record(name).await {
+            Ok(Some(fresh)) => {
+                let deleted =
+                    fresh.state.current.and_then(|c| fresh.meta.versions.get(&c)).is_some_and(|m| !m.is_live());
+                self.publish(name, &fresh.state, deleted).await
+            }
+            _ => self.publish(name, ours, deleted).await,
+        }
     }
 
     /// Tells agents about a change through the index. The change itself is already stored;
