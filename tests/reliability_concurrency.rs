@@ -8,6 +8,7 @@ mod support;
 use keysync::secret::Secret;
 use keysync::store::{KeyData, KeyName, PutOptions, VersionRead};
 use serde_json::Value;
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 use support::{report, DevServer};
 
@@ -19,6 +20,13 @@ async fn many_rotating_agents_make_exactly_one_new_version_per_due_key() {
     let store = support::key_store(&server, &server.root_token, Duration::from_secs(3600), "test-writer").await;
     let dir = tempfile::tempdir().unwrap();
     let names: Vec<String> = (0..keys).map(|i| format!("k{i:03}")).collect();
+    // A provider that can revoke: every key it mints and every key it revokes is logged, so
+    // the agents that lose a race must be seen revoking what they minted.
+    let d = dir.path().display();
+    let mint = format!(
+        "id=$(od -An -N8 -tx8 /dev/urandom | tr -d ' \\n'); echo $id >> {d}/minted; printf '{{\"api_key\": \"sk-conc-%s-xxxxxxxx\", \"key_id\": \"%s\"}}' $id $id"
+    );
+    let revoke = format!("echo $KEYSYNC_KEY_ID >> {d}/revoked");
     let mut body = String::from(
         "[agent]\npoll_interval = \"1s\"\nlisten = \"off\"\nrotate = true\nrotation_check_interval = \"1s\"\n",
     );
@@ -31,7 +39,8 @@ async fn many_rotating_agents_make_exactly_one_new_version_per_due_key() {
         let opts = PutOptions { promote: true, reason: "setup".into(), keep_fields: true };
         store.put(&KeyName::parse(name).unwrap(), data, &opts).await.unwrap();
         body.push_str(&format!(
-            "[keys.{name}.provider]\ntype = \"generate\"\nprefix = \"sk-conc-\"\n[keys.{name}.rotation]\ninterval = \"30d\"\ngrace = \"1h\"\n"
+            "[keys.{name}.provider]\ntype = \"command\"\ncommand = [\"sh\", \"-c\", {mint:?}]\nrevoke_command = [\"sh\", \"-c\", {revoke:?}]\n\
+             [keys.{name}.rotation]\ninterval = \"30d\"\ngrace = \"1h\"\n"
         ));
     }
     let quoted: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
@@ -128,12 +137,35 @@ async fn many_rotating_agents_make_exactly_one_new_version_per_due_key() {
     let lost = all_logs.matches("outcome=LostRace").count();
     let rotated = all_logs.matches("outcome=Rotated").count();
     assert_eq!(versions as usize, keys);
+    // No orphan at the provider: minted = stored as v2 + revoked by the agents that lost.
+    let lines = |f: &str| -> Vec<String> {
+        std::fs::read_to_string(dir.path().join(f)).unwrap_or_default().lines().map(str::to_string).collect()
+    };
+    let minted: BTreeSet<String> = lines("minted").into_iter().collect();
+    let revoked: BTreeSet<String> = lines("revoked").into_iter().collect();
+    assert_eq!(lines("minted").len(), minted.len(), "ids are unique");
+    let mut stored = BTreeSet::new();
+    for name in &names {
+        let n = KeyName::parse(name).unwrap();
+        let VersionRead::Live(d) = store.read(&n, 2).await.unwrap() else { unreachable!() };
+        stored.insert(d.fields["key_id"].as_str().unwrap().to_string());
+    }
+    assert!(stored.is_disjoint(&revoked), "a stored key was revoked");
+    let accounted: BTreeSet<String> = stored.union(&revoked).cloned().collect();
+    assert_eq!(minted, accounted, "every minted key is either stored or revoked");
     report::record(
         "Concurrency",
-        &format!("{agents} agents with rotate = true start at once on {keys} due keys (generate provider)"),
+        &format!("{agents} agents with rotate = true start at once on {keys} due keys (command provider that logs mints and revocations)"),
         1,
         &format!(
-            "exactly {versions} new versions (one per key), state (current, previous, fingerprints, rotated_by) and fields (owner, base_url) intact on all {keys}, change index consistent, every agent rendered v2 of every key {converged:.1} s after start; {lost} steps found another agent ahead (lost the CAS race or left it to the writer), {rotated} steps reported a promotion (two peers finishing the same pending version at the same instant both report it; the write is the same)"
+            "exactly {versions} new versions (one per key); {} keys minted = {versions} stored + {} revoked by the agents that lost (0 orphans); state (current, previous, fingerprints, rotated_by) and fields (owner, base_url) intact on all {keys}, change index consistent, every agent rendered v2 of every key {converged:.1} s after start; {lost} steps found another agent ahead (lost the CAS race or left it to the writer), {rotated} promotions reported{}",
+            minted.len(),
+            revoked.len(),
+            if rotated > keys {
+                " (two peers finishing the same pending version at the same instant both report it; the write is the same)"
+            } else {
+                ""
+            }
         ),
     );
 }

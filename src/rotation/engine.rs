@@ -121,7 +121,7 @@ impl Engine<'_> {
             tracing::warn!(key = %name, "rotation due but the key is managed by hand; put a new one with `keysync put`");
             return Ok(Outcome::Overdue { since: decision.next });
         }
-        self.create(plan, reason, &record).await
+        self.create(plan, reason, &record, force).await
     }
 
     /// A latest version newer than anything the state knows was written by a keysync that
@@ -174,12 +174,21 @@ impl Engine<'_> {
         plan: &KeyPlan,
         reason: &str,
         record: &crate::store::KeyRecord,
+        force: bool,
     ) -> Result<Outcome, StoreError> {
         let name = &plan.name;
+        let now = self.clock.now();
         if let Some(old) = &record.state.intent {
+            // Another live agent is rotating right now: minting too would only make a key that
+            // loses the CAS race and is revoked again (with many agents, several per rotation).
+            if !force && self.is_peers_fresh_intent(old, now, plan.adopt_after) {
+                tracing::info!(key = %name, intent = %old, "another agent is rotating this key; leaving it to them");
+                return Ok(Outcome::LostRace);
+            }
             tracing::warn!(key = %name, intent = %old, "an earlier rotation was interrupted after it may have minted a key; check the provider for an unused key");
         }
-        let intent = format!("{} at {}", self.store.actor(), self.clock.now().to_rfc3339());
+        let intent = format!("{} at {}", self.store.actor(), now.to_rfc3339());
+        let ours = intent.clone();
         self.store
             .update_state(name, |_, s| {
                 s.intent = Some(intent);
@@ -190,6 +199,11 @@ impl Engine<'_> {
         // Build on the state that now carries the intent, but keep the CAS on the version we
         // decided from: if anyone wrote since, our write must lose.
         let mut with_intent = self.store.require(name).await?;
+        if !force && with_intent.state.intent.as_deref() != Some(ours.as_str()) {
+            // A peer recorded its intent right after ours: the last one recorded goes ahead.
+            tracing::info!(key = %name, "another agent started rotating this key at the same moment; leaving it to them");
+            return Ok(Outcome::LostRace);
+        }
         with_intent.meta.current_version = record.meta.current_version;
         let record = &with_intent;
         self.reconcile(plan, record).await;
@@ -458,6 +472,15 @@ impl Engine<'_> {
             Ok(_) => {}
             Err(e) => tracing::warn!(key = %plan.name, error = %e, "could not check the provider for orphaned keys"),
         }
+    }
+
+    /// Whether `intent` ("<actor> at <time>") was recorded by another agent less than
+    /// `adopt_after` ago: that agent is most likely still rotating. An older one (or our own)
+    /// is the trace of an interrupted rotation and is taken over.
+    fn is_peers_fresh_intent(&self, intent: &str, now: DateTime<Utc>, adopt_after: Duration) -> bool {
+        let Some((actor, at)) = intent.rsplit_once(" at ") else { return false };
+        let Ok(at) = DateTime::parse_from_rfc3339(at) else { return false };
+        actor != self.store.actor() && now - at.with_timezone(&Utc) < chrono_duration(adopt_after)
     }
 
     async fn clear_intent(&self, name: &KeyName) {
