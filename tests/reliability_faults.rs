@@ -88,8 +88,9 @@ async fn steady_outage(mode: Mode, label: &str) {
     // request) per second, however long the outage.
     assert!(attempts <= outage + 3.0, "{label}: {attempts} requests in {outage:.0} s of outage: not backing off");
     assert!(attempts >= 1.0, "{label}: the agent stopped trying");
-    // A request in flight when the fault ends may still run into its 2 s timeout.
-    assert!(caught_up <= 3.5, "{label}: caught up {caught_up:.1} s after the outage; poll 1 s, timeout 2 s");
+    // A request in flight when the fault ends may still run into its 2 s timeout, then wait
+    // for the 1 s backoff: 3 s, plus slack for a loaded machine.
+    assert!(caught_up <= 4.5, "{label}: caught up {caught_up:.1} s after the outage; poll 1 s, timeout 2 s");
     assert_eq!(stats.bad, 0, "{label}: {} torn or foreign reads ({:?})", stats.bad, stats.first_bad);
     assert_eq!(stats.missing, 0, "{label}: the file disappeared {} times", stats.missing);
     let why = why.trim().replace('|', "/");
