@@ -76,13 +76,29 @@ pub enum RenderError {
     #[error("sink {path}: {message}")]
     Owner { path: PathBuf, message: String },
 
-    #[error("sink {path}: cannot {action}: {source}")]
+    #[error("sink {path}: cannot {action}: {source}{}", io_hint(source))]
     Io {
         path: PathBuf,
         action: &'static str,
         #[source]
         source: io::Error,
     },
+}
+
+/// What to do about the write errors an operator can fix outside keysync. The old file is
+/// kept in every case and the sink is rendered again on the next poll.
+fn io_hint(e: &io::Error) -> &'static str {
+    use nix::libc;
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => {
+            "; free space (or quota) on that filesystem: the old file is kept and the sink is retried every poll"
+        }
+        Some(libc::EFBIG) => {
+            "; the file size limit (ulimit -f / LimitFSIZE) is below the file's size: raise it; the old file is kept and the sink is retried every poll"
+        }
+        Some(libc::EROFS) => "; the filesystem is mounted read-only: point the sink at a writable one",
+        _ => "",
+    }
 }
 
 impl RenderError {
@@ -143,6 +159,13 @@ mod tests {
         let partial = redact("cannot parse 'SECRETSECRE…'", [s]);
         assert!(!partial.contains("SECRETSECRE"), "{partial}");
         assert_eq!(redact("no secrets here", [s]), "no secrets here");
+    }
+
+    #[test]
+    fn a_full_disk_error_says_what_to_do() {
+        let e = RenderError::io(Path::new("/run/k/a"), "write the temporary file", io::Error::from_raw_os_error(28));
+        let text = e.to_string();
+        assert!(text.contains("/run/k/a") && text.contains("free space") && text.contains("retried"), "{text}");
     }
 
     #[test]

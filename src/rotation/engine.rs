@@ -121,7 +121,7 @@ impl Engine<'_> {
             tracing::warn!(key = %name, "rotation due but the key is managed by hand; put a new one with `keysync put`");
             return Ok(Outcome::Overdue { since: decision.next });
         }
-        self.create(plan, reason, &record).await
+        self.create(plan, reason, &record, force).await
     }
 
     /// A latest version newer than anything the state knows was written by a keysync that
@@ -174,21 +174,36 @@ impl Engine<'_> {
         plan: &KeyPlan,
         reason: &str,
         record: &crate::store::KeyRecord,
+        force: bool,
     ) -> Result<Outcome, StoreError> {
         let name = &plan.name;
+        let now = self.clock.now();
         if let Some(old) = &record.state.intent {
+            // Another live agent is rotating right now: minting too would only make a key that
+            // loses the CAS race and is revoked again (with many agents, several per rotation).
+            if !force && self.is_peers_fresh_intent(old, now, plan.adopt_after) {
+                tracing::info!(key = %name, intent = %old, "another agent is rotating this key; leaving it to them");
+                return Ok(Outcome::LostRace);
+            }
             tracing::warn!(key = %name, intent = %old, "an earlier rotation was interrupted after it may have minted a key; check the provider for an unused key");
         }
-        let intent = format!("{} at {}", self.store.actor(), self.clock.now().to_rfc3339());
+        let intent = format!("{} at {}", self.store.actor(), now.to_rfc3339());
+        let ours = intent.clone();
         self.store
             .update_state(name, |_, s| {
                 s.intent = Some(intent);
                 Ok(())
             })
             .await?;
+        crate::failpoint::hit("after_intent");
         // Build on the state that now carries the intent, but keep the CAS on the version we
         // decided from: if anyone wrote since, our write must lose.
         let mut with_intent = self.store.require(name).await?;
+        if !force && with_intent.state.intent.as_deref() != Some(ours.as_str()) {
+            // A peer recorded its intent right after ours: the last one recorded goes ahead.
+            tracing::info!(key = %name, "another agent started rotating this key at the same moment; leaving it to them");
+            return Ok(Outcome::LostRace);
+        }
         with_intent.meta.current_version = record.meta.current_version;
         let record = &with_intent;
         self.reconcile(plan, record).await;
@@ -232,6 +247,7 @@ impl Engine<'_> {
                 return Err(e);
             }
         };
+        crate::failpoint::hit("after_put");
         self.clear_intent(name).await;
         tracing::info!(key = %name, version = outcome.version, "created a pending version");
         crate::failpoint::hit("after_pending");
@@ -289,15 +305,28 @@ impl Engine<'_> {
                 }
             }
         }
+        crate::failpoint::hit("after_validate");
+        // Promoting pushes the current key to `previous`; a previous key still in its grace
+        // period would drop out of the state without ever being revoked (rotating again within
+        // grace: `--force`, or an interval shorter than grace). Retire it first.
+        let record = self.store.require(name).await?;
+        if let Some(p) = record.state.previous.filter(|p| *p != version && record.state.current != Some(version)) {
+            tracing::warn!(key = %name, version = p, "rotating again while the previous key is in its grace period; retiring it now so it is not left live at the provider");
+            self.retire(plan, p).await?;
+        }
         let now = self.clock.now();
         let grace = plan.grace;
         let actor = self.store.actor().to_string();
         let reason = reason.to_string();
+        let writer = data.fields.get(crate::store::WRITTEN_BY_FIELD).and_then(Value::as_str).map(str::to_string);
         let mut previous = None;
+        let mut already = false;
         self.store
             .update_state(name, |_, s| {
+                clear_intent_of(s, writer.as_deref());
                 if s.current == Some(version) {
-                    return Ok(()); // already promoted (by us before a crash, or a peer)
+                    already = true; // a peer finishing the same pending version got there first
+                    return Ok(());
                 }
                 previous = s.current;
                 s.previous = s.current;
@@ -313,6 +342,10 @@ impl Engine<'_> {
                 Ok(())
             })
             .await?;
+        if already {
+            self.count(name, "lost_race");
+            return Ok(Outcome::LostRace);
+        }
         crate::failpoint::hit("after_promote");
         self.count(name, "rotated");
         tracing::info!(key = %name, version, "promoted");
@@ -321,10 +354,19 @@ impl Engine<'_> {
 
     /// A pending version that will not be promoted: mark it failed, revoke it at the
     /// provider, destroy its data (the fingerprint stays for audit).
+    ///
+    /// Revoke first: a crash after marking the version failed but before revoking would leave
+    /// a live key at the provider that nothing points at any more. Revoking again on resume is
+    /// harmless (providers treat an already revoked key as done).
     async fn give_up(&self, plan: &KeyPlan, version: u64, data: &KeyData, why: String) -> Result<Outcome, StoreError> {
         let name = &plan.name;
+        let key_id = data.fields.get("key_id").and_then(Value::as_str);
+        self.revoke(plan, key_id, "failed validation").await;
+        crate::failpoint::hit("after_refused_revoke");
+        let writer = data.fields.get(crate::store::WRITTEN_BY_FIELD).and_then(Value::as_str).map(str::to_string);
         self.store
             .update_state(name, |_, s| {
+                clear_intent_of(s, writer.as_deref());
                 s.failed.insert(version);
                 if s.pending == Some(version) {
                     s.pending = None;
@@ -333,8 +375,6 @@ impl Engine<'_> {
                 Ok(())
             })
             .await?;
-        let key_id = data.fields.get("key_id").and_then(Value::as_str);
-        self.revoke(plan, key_id, "failed validation").await;
         if let Err(e) = self.store.kv().destroy(name, &[version]).await {
             tracing::warn!(key = %name, version, error = %e, "could not destroy the refused version's data");
         }
@@ -351,6 +391,13 @@ impl Engine<'_> {
         if until > self.clock.now() && !self.every_reporting_agent_switched(plan, &record).await? {
             return Ok(());
         }
+        self.retire(plan, prev).await
+    }
+
+    /// Revokes version `prev` at the provider (when it can and the policy wants it), then
+    /// clears `previous` if it still is `prev`. Safe to repeat after a crash in between.
+    async fn retire(&self, plan: &KeyPlan, prev: u64) -> Result<(), StoreError> {
+        let name = &plan.name;
         if plan.policy.revoke_previous.unwrap_or(true) && plan.provider.can_revoke() {
             if let VersionRead::Live(d) = self.store.read(name, prev).await? {
                 if let Some(id) = d.fields.get("key_id").and_then(Value::as_str) {
@@ -361,6 +408,7 @@ impl Engine<'_> {
                 }
             }
         }
+        crate::failpoint::hit("after_revoke_previous");
         self.store
             .update_state(name, |_, s| {
                 if s.previous == Some(prev) {
@@ -434,6 +482,15 @@ impl Engine<'_> {
         }
     }
 
+    /// Whether `intent` ("<actor> at <time>") was recorded by another agent less than
+    /// `adopt_after` ago: that agent is most likely still rotating. An older one (or our own)
+    /// is the trace of an interrupted rotation and is taken over.
+    fn is_peers_fresh_intent(&self, intent: &str, now: DateTime<Utc>, adopt_after: Duration) -> bool {
+        let Some((actor, at)) = intent.rsplit_once(" at ") else { return false };
+        let Ok(at) = DateTime::parse_from_rfc3339(at) else { return false };
+        actor != self.store.actor() && now - at.with_timezone(&Utc) < chrono_duration(adopt_after)
+    }
+
     async fn clear_intent(&self, name: &KeyName) {
         let cleared = self
             .store
@@ -466,5 +523,35 @@ impl Engine<'_> {
                 .get_or_create(&KeyReasonLabel { key: name.to_string(), reason: reason.into() })
                 .inc();
         }
+    }
+}
+
+/// Clears the rotation intent when the agent that wrote the version being finished is the
+/// one that recorded it: its minted key is stored, so nothing is orphaned. (A crash between
+/// storing the pending version and clearing the intent would otherwise leave a stale
+/// "interrupted rotation" behind for good.) Another agent's intent is left alone.
+fn clear_intent_of(state: &mut crate::store::RotationState, writer: Option<&str>) {
+    let Some(writer) = writer else { return };
+    if state.intent.as_deref().is_some_and(|i| i.starts_with(&format!("{writer} at "))) {
+        state.intent = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clear_intent_of;
+    use crate::store::RotationState;
+
+    #[test]
+    fn finishing_a_version_clears_only_its_writers_intent() {
+        let mut s = RotationState { intent: Some("agent-a at 2026-01-01T00:00:00Z".into()), ..Default::default() };
+        clear_intent_of(&mut s, Some("agent-b"));
+        assert!(s.intent.is_some(), "another agent's intent is its trace, not ours to clear");
+        clear_intent_of(&mut s, None);
+        assert!(s.intent.is_some(), "a version without a writer (by hand) clears nothing");
+        clear_intent_of(&mut s, Some("agent"));
+        assert!(s.intent.is_some(), "a prefix of the actor is a different actor");
+        clear_intent_of(&mut s, Some("agent-a"));
+        assert!(s.intent.is_none());
     }
 }

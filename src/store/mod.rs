@@ -228,7 +228,7 @@ impl KeyStore {
             if opts.keep_fields {
                 if let VersionRead::Live(old) = self.kv.read(name, current).await? {
                     for (k, v) in old.fields {
-                        if !is_provenance_field(&k) {
+                        if !is_provenance_field(&k) && !is_key_specific_field(&k) {
                             data.fields.entry(k).or_insert(v);
                         }
                     }
@@ -265,7 +265,7 @@ impl KeyStore {
         after.prune(record.as_ref().map_or(1, |r| r.meta.oldest_version));
         self.kv.patch_custom_metadata(name, after.merge_patch(&before)).await?;
         if opts.promote {
-            self.publish(name, &after, false).await;
+            self.publish_fresh(name, &after, false).await;
         }
         Ok(PutOutcome { name: name.clone(), version, fingerprint, promoted: opts.promote, previous, unchanged: false })
     }
@@ -322,16 +322,35 @@ impl KeyStore {
         after.managed = true;
         after.prune(record.meta.oldest_version);
         self.kv.patch_custom_metadata(name, after.merge_patch(&record.state)).await?;
-        let deleted_of =
-            |st: &RotationState| st.current.and_then(|c| record.meta.versions.get(&c)).is_some_and(|m| !m.is_live());
-        let deleted = deleted_of(&after);
+        let deleted_of = |r: &KeyRecord, s: &RotationState| {
+            s.current.and_then(|c| r.meta.versions.get(&c)).is_some_and(|m| !m.is_live())
+        };
+        let deleted = deleted_of(&record, &after);
         // Bookkeeping that consumers do not see (a rotation intent, a retry counter, a
         // fingerprint) leaves the index alone: no new index version, no agent wakes up.
-        let before = IndexEntry::from_state(&record.state, deleted_of(&record.state));
-        if !record.state.managed || IndexEntry::from_state(&after, deleted) != before {
-            self.publish(name, &after, deleted).await;
+        if record.state.managed
+            && IndexEntry::from_state(&after, deleted) == IndexEntry::from_state(&record.state, deleted_of(&record, &record.state))
+        {
+            return Ok(after);
         }
+        self.publish_fresh(name, &after, deleted).await;
         Ok(after)
+    }
+
+    /// Publishes what Vault holds now rather than our view of it: a metadata patch only
+    /// touches the fields we changed, but our state also carries the other fields as we read
+    /// them, and another agent may have promoted since. Publishing that stale view would move
+    /// the index back to the old version until the next full sync. `ours` is the fallback
+    /// when the key cannot be read back.
+    async fn publish_fresh(&self, name: &KeyName, ours: &RotationState, deleted: bool) {
+        match self.record(name).await {
+            Ok(Some(fresh)) => {
+                let deleted =
+                    fresh.state.current.and_then(|c| fresh.meta.versions.get(&c)).is_some_and(|m| !m.is_live());
+                self.publish(name, &fresh.state, deleted).await
+            }
+            _ => self.publish(name, ours, deleted).await,
+        }
     }
 
     /// Tells agents about a change through the index. The change itself is already stored;
@@ -441,6 +460,13 @@ impl KeyStore {
 /// keysync's provenance fields in version data.
 pub fn is_provenance_field(name: &str) -> bool {
     name == WRITTEN_BY_FIELD || name == REASON_FIELD
+}
+
+/// Fields that describe one particular key, not the account or project it belongs to: a new
+/// key must never inherit them from the old one (an inherited `expires_at` would make every
+/// rotated key due again at once; an inherited `key_id` would revoke the wrong key).
+pub fn is_key_specific_field(name: &str) -> bool {
+    name == "key_id" || name == "expires_at"
 }
 
 /// An API key must be one line of visible characters: a stray newline or space from a copy

@@ -64,7 +64,7 @@ impl Health {
         if age > self.staleness_secs.load(Ordering::Relaxed) {
             let why =
                 self.last_error.lock().ok().and_then(|e| e.clone()).unwrap_or_else(|| "no successful sync".into());
-            return Err(format!("Vault not reached for {age}s: {why}"));
+            return Err(format!("no successful sync with Vault for {age}s: {why}"));
         }
         Ok(())
     }

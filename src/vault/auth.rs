@@ -24,6 +24,24 @@ pub struct Authenticator {
     config: AuthConfig,
     env_token: Option<Secret>,
     cached_secret_id: Mutex<Option<CachedSecretId>>,
+    /// The last AppRole credentials Vault refused, with its answer. They are not sent again
+    /// until a file changes or [`REFUSED_RETRY_AFTER`] passes: each refused login counts
+    /// towards Vault's user lockout, and retrying a used-up secret_id every poll would lock the
+    /// role out (403 for 15 minutes by default), so even a freshly issued secret_id would be
+    /// refused.
+    refused: Mutex<Option<Refusal>>,
+}
+
+/// How long refused, unchanged AppRole credentials are not sent again. Longer than Vault's
+/// default lockout counter reset (15 min), so these retries alone never lock the role out,
+/// and a lockout caused by someone else ends without anyone touching the files.
+const REFUSED_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(20 * 60);
+
+#[derive(Debug, Clone)]
+struct Refusal {
+    credentials_fp: String,
+    message: String,
+    at: std::time::Instant,
 }
 
 #[derive(Debug, Clone)]
@@ -37,12 +55,12 @@ impl Authenticator {
     /// `VAULT_TOKEN` is captured once here; the token method falls back to it.
     pub fn new(config: AuthConfig) -> Self {
         let env_token = std::env::var("VAULT_TOKEN").ok().filter(|t| !t.trim().is_empty()).map(Secret::new);
-        Authenticator { config, env_token, cached_secret_id: Mutex::new(None) }
+        Authenticator { config, env_token, cached_secret_id: Mutex::new(None), refused: Mutex::new(None) }
     }
 
     /// With an explicit fallback token instead of `VAULT_TOKEN` (tests, embedding).
     pub fn with_env_token(config: AuthConfig, env_token: Option<Secret>) -> Self {
-        Authenticator { config, env_token, cached_secret_id: Mutex::new(None) }
+        Authenticator { config, env_token, cached_secret_id: Mutex::new(None), refused: Mutex::new(None) }
     }
 
     pub fn method(&self) -> &'static str {
@@ -103,10 +121,29 @@ impl Authenticator {
         let role_id = read_credential(&cfg.role_id_file, "vault.auth.role_id_file", "the AppRole role_id")?;
         let secret_id = self.approle_secret_id(client, cfg).await?;
         let path = format!("auth/{}/login", cfg.mount);
+        let credentials_fp =
+            crate::secret::fingerprint(format!("{}\n{}", role_id.expose(), secret_id.expose()).as_bytes());
+        let earlier = self.refused.lock().ok().and_then(|r| r.clone());
+        if let Some(r) = earlier.filter(|r| r.credentials_fp == credentials_fp && r.at.elapsed() < REFUSED_RETRY_AFTER)
+        {
+            return Err(VaultError::Auth(format!(
+                "{}; not tried again for 20 minutes unless {} or {} changes (repeated refused logins make Vault lock the role out)",
+                r.message,
+                cfg.role_id_file.display(),
+                cfg.secret_id_file.display()
+            )));
+        }
         let body = json!({ "role_id": role_id.expose(), "secret_id": secret_id.expose() });
-        let resp = client.send(&Request::post(&path, "login", body), None).await.map_err(|e| match e {
+        let answer = client.send(&Request::post(&path, "login", body), None).await;
+        let refused = matches!(answer, Err(VaultError::Api { status: 400 | 403, .. }));
+        let result = answer.map_err(|e| match e {
             VaultError::Api { status: 400, message, .. } => VaultError::Auth(format!(
                 "AppRole login at {path} was refused ({message}); check the role_id in {} and the secret_id in {} (a secret_id can be used up or expired: issue a new one)",
+                cfg.role_id_file.display(),
+                cfg.secret_id_file.display()
+            )),
+            VaultError::Api { status: 403, message, .. } => VaultError::Auth(format!(
+                "AppRole login at {path} was refused ({message}); Vault locks a role out for a while after repeated failed logins (user lockout): check the role_id in {} and the secret_id in {}, and wait for the lockout to end or unlock it (sys/locked-users)",
                 cfg.role_id_file.display(),
                 cfg.secret_id_file.display()
             )),
@@ -114,7 +151,17 @@ impl Authenticator {
                 "no AppRole auth at {path} ({message}); enable it (`bao auth enable approle`) or fix vault.auth.mount"
             )),
             other => other,
-        })?;
+        });
+        if let Ok(mut slot) = self.refused.lock() {
+            match &result {
+                Err(e) if refused => {
+                    *slot = Some(Refusal { credentials_fp, message: e.to_string(), at: std::time::Instant::now() })
+                }
+                Ok(_) => *slot = None,
+                Err(_) => {} // transient: the credentials may still be good
+            }
+        }
+        let resp = result?;
         Ok(LoginResult { token: client_token(&resp.body, &path)?, origin: format!("approle login at {path}") })
     }
 

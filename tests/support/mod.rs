@@ -7,6 +7,8 @@
 //! then keep to their own random mounts and prefixes.
 #![allow(dead_code)]
 
+pub mod fake_openai;
+pub mod faults;
 pub mod leak;
 pub mod report;
 
