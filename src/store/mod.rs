@@ -329,7 +329,8 @@ impl KeyStore {
         // Bookkeeping that consumers do not see (a rotation intent, a retry counter, a
         // fingerprint) leaves the index alone: no new index version, no agent wakes up.
         if record.state.managed
-            && IndexEntry::from_state(&after, deleted) == IndexEntry::from_state(&record.state, deleted_of(&record, &record.state))
+            && IndexEntry::from_state(&after, deleted)
+                == IndexEntry::from_state(&record.state, deleted_of(&record, &record.state))
         {
             return Ok(after);
         }
