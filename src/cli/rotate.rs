@@ -78,10 +78,16 @@ pub async fn run(
         worker().await;
         finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     };
+    // Flushes every 0.5 s, and notices within 50 ms that the workers are done (the final flush
+    // follows), so the command does not linger.
     let flusher = async {
+        let mut last = std::time::Instant::now();
         while finished.load(std::sync::atomic::Ordering::SeqCst) < 8 {
-            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-            store.flush_index().await;
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            if last.elapsed() >= std::time::Duration::from_millis(500) {
+                store.flush_index().await;
+                last = std::time::Instant::now();
+            }
         }
     };
     // Eight workers: enough to hide latency, few enough not to swamp the server or a provider.
