@@ -155,9 +155,56 @@ async fn steady_polls_cost_one_request_whatever_the_key_count() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let end = count();
     let (a, b) = polls(start, end);
-    // 5 s at 0.5 s ± 10 % jitter: at most ~12 polls, one index read each, for 20 keys.
+    // 5 s at 0.45–0.5 s per poll (jitter): at most ~12 polls, one index read each, for 20 keys.
     assert!(b - a <= 12, "steady state made {} requests in 5 s for 20 keys", b - a);
     assert!(b - a >= 8, "agent is not polling: {} requests", b - a);
+}
+
+#[tokio::test]
+async fn a_change_reads_the_previous_version_only_for_sinks_that_render_it() {
+    let server = DevServer::start();
+    let writer = store(&server, Duration::from_secs(3600)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    put(&writer, "plain", "sk-plain-one-1111111111111111").await;
+    put(&writer, "withprev", "sk-prev-one-11111111111111111").await;
+    let listen = free_listen_addr();
+    let config = d.join("keysync.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\npoll_interval = \"300ms\"\nlisten = \"{listen}\"\n\
+             [[keys.plain.sinks]]\npath = \"{0}/plain.key\"\n\
+             [[keys.withprev.sinks]]\npath = \"{0}/withprev.key\"\ninclude_previous = true\n",
+            d.display()
+        ),
+    )
+    .unwrap();
+    let _agent = Agent::start(&config, &server.addr, &server.root_token, &["run"], d);
+    assert!(eventually(Duration::from_secs(10), || http_get(&listen, "/readyz").0 == 200).await);
+    let kv_reads = || -> u64 {
+        let (_, m) = http_get(&listen, "/metrics");
+        m.lines()
+            .filter(|l| l.starts_with("keysync_vault_requests_total{op=\"kv_read\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let before = kv_reads();
+    put(&writer, "plain", "sk-plain-two-2222222222222222").await;
+    assert!(
+        eventually(Duration::from_secs(5), || read(&d.join("plain.key")).trim() == "sk-plain-two-2222222222222222")
+            .await
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(kv_reads() - before, 1, "a key without include_previous: its new current version only");
+
+    let before = kv_reads();
+    put(&writer, "withprev", "sk-prev-two-22222222222222222").await;
+    let prev_file = d.join("withprev.key.previous");
+    assert!(eventually(Duration::from_secs(5), || read(&prev_file).trim() == "sk-prev-one-11111111111111111").await);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(kv_reads() - before, 2, "include_previous: current and previous");
+    assert_eq!(read(&d.join("withprev.key")).trim(), "sk-prev-two-22222222222222222");
 }
 
 #[tokio::test]

@@ -146,6 +146,17 @@ async fn three_agents_rotating_the_same_due_keys_make_one_version_each() {
         assert_eq!(status[0]["latest_version"], 2, "k{i}: exactly one new version: {status}");
         assert_eq!(status[0]["current"]["version"], 2);
     }
+    // `rotate --due` sends index entries in batches: every rotation still reaches the index
+    // agents poll, with the fingerprint `status` shows.
+    let store = support::key_store(&server, &server.root_token, Duration::from_secs(60), "test").await;
+    let index = store.kv().index().read().await.unwrap();
+    for i in 0..5 {
+        let status = cli.json(&["status", &format!("k{i}")]);
+        let entry = &index.entries[&format!("k{i}")];
+        assert_eq!(entry.current, Some(2), "k{i}: {entry:?}");
+        assert_eq!(entry.previous, Some(1), "k{i}: {entry:?}");
+        assert_eq!(entry.fingerprint.as_deref(), status[0]["current"]["fingerprint"].as_str(), "k{i}");
+    }
 }
 
 /// A local server that follows OpenAI's documented Admin API shapes for project service

@@ -167,12 +167,8 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
         }
 
         let poll = cfg.agent.poll_interval.get();
-        let mut wait = if failures > 0 {
-            Duration::from_secs(1u64 << failures.min(10)).min(poll)
-        } else {
-            let jitter = rand::rng().random_range(0.9..1.1);
-            poll.mul_f64(jitter)
-        };
+        let mut wait =
+            if failures > 0 { Duration::from_secs(1u64 << failures.min(10)).min(poll) } else { jittered(poll) };
         if let Some(g) = syncer.next_grace_end() {
             let until = (g - chrono::Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(50);
             wait = wait.min(until);
@@ -220,6 +216,13 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
     Ok(exit_code)
 }
 
+/// The wait before the next poll: `poll` shortened by up to 10 %, never lengthened, so agents
+/// started together spread out while a change still reaches the files within one
+/// `poll_interval` (plus one pass), the propagation bound operators are promised.
+fn jittered(poll: Duration) -> Duration {
+    poll.mul_f64(rand::rng().random_range(0.9..=1.0))
+}
+
 /// One round of rotation for every key with a provider (agent.rotate = true).
 async fn rotate_due(cfg: &Config, session: &Arc<Session>, metrics: &Arc<Metrics>) {
     let store = KeyStore::from_config(cfg, session.clone());
@@ -255,5 +258,20 @@ pub fn notify_ready() {
     };
     if let Err(e) = result {
         tracing::warn!(error = %e, "could not notify systemd");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_never_waits_longer_than_the_poll_interval() {
+        let poll = Duration::from_secs(10);
+        let waits: Vec<Duration> = (0..2000).map(|_| jittered(poll)).collect();
+        assert!(waits.iter().all(|w| *w <= poll && *w >= poll.mul_f64(0.9)), "{waits:?}");
+        // Still spread: agents started together do not stay in lockstep.
+        let (min, max) = (waits.iter().min().unwrap(), waits.iter().max().unwrap());
+        assert!(*max - *min > Duration::from_millis(500), "{min:?}..{max:?}");
     }
 }

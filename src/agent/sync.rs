@@ -56,6 +56,9 @@ pub struct Syncer {
     cache: BTreeMap<KeyName, CachedKey>,
     /// The index version last acted on.
     index_version: Option<u64>,
+    /// Keys some sink renders with `include_previous`: only their previous version is read,
+    /// so a change costs the other keys one data read, not two.
+    wants_previous: BTreeSet<KeyName>,
 }
 
 impl Syncer {
@@ -63,7 +66,11 @@ impl Syncer {
     pub fn new(cfg: &Config, store: KeyStore, metrics: Arc<Metrics>) -> Result<Self, String> {
         let parse = |k: &str| KeyName::parse(k);
         let mut bindings = Vec::new();
+        let mut wants_previous = BTreeSet::new();
         for (name, key) in &cfg.keys {
+            if key.sinks.iter().any(|s| s.include_previous) {
+                wants_previous.insert(parse(name)?);
+            }
             for s in &key.sinks {
                 let sink = Sink::new(s.clone()).map_err(|e| e.to_string())?;
                 bindings.push(Binding {
@@ -77,6 +84,9 @@ impl Syncer {
         for s in &cfg.sinks {
             let sink = Sink::new(s.clone()).map_err(|e| e.to_string())?;
             let keys = s.keys.iter().map(|k| parse(k)).collect::<Result<Vec<_>, _>>()?;
+            if s.include_previous {
+                wants_previous.extend(keys.iter().cloned());
+            }
             bindings.push(Binding {
                 label: s.path.display().to_string(),
                 sink: AnySink::File(Box::new(sink)),
@@ -90,6 +100,9 @@ impl Syncer {
                 d.files.iter().flat_map(|f| f.keys.iter()).map(|k| parse(k)).collect::<Result<Vec<_>, _>>()?;
             keys.sort();
             keys.dedup();
+            for f in d.files.iter().filter(|f| f.include_previous) {
+                wants_previous.extend(f.keys.iter().map(|k| parse(k)).collect::<Result<Vec<_>, _>>()?);
+            }
             bindings.push(Binding {
                 label: d.path.display().to_string(),
                 sink: AnySink::Dir(sink),
@@ -98,7 +111,7 @@ impl Syncer {
             });
         }
         let keys = cfg.rendered_keys().iter().map(|k| parse(k)).collect::<Result<BTreeSet<_>, _>>()?;
-        Ok(Syncer { store, metrics, keys, bindings, cache: BTreeMap::new(), index_version: None })
+        Ok(Syncer { store, metrics, keys, bindings, cache: BTreeMap::new(), index_version: None, wants_previous })
     }
 
     pub fn sink_count(&self) -> usize {
@@ -231,7 +244,7 @@ impl Syncer {
                 return Ok(fresh);
             }
         }
-        if let (true, Some(prev)) = (previous_visible, entry.previous) {
+        if let (true, true, Some(prev)) = (previous_visible, self.wants_previous.contains(name), entry.previous) {
             if let VersionRead::Live(data) = self.store.kv().read(name, prev).await? {
                 fresh.previous = Some((prev, data.api_key));
             }

@@ -32,6 +32,9 @@ pub async fn run(
     };
     let reason = reason.unwrap_or_else(|| if force { "forced rotation".into() } else { "scheduled rotation".into() });
     let clock = SystemClock;
+    // Many keys: index entries go out together every half second, not one PATCH per change.
+    let batched = store.clone().batching_index();
+    let store = if names.len() > 1 { &batched } else { store };
     let engine = Engine { store, clock: &clock, metrics: None };
     let bar = if std::io::stderr().is_terminal() && output == Output::Table && names.len() > 1 {
         let b = ProgressBar::new(names.len() as u64);
@@ -42,18 +45,61 @@ pub async fn run(
     } else {
         ProgressBar::hidden()
     };
-    let mut rows = Vec::new();
+    let mut plans = Vec::with_capacity(names.len());
     for n in &names {
-        bar.set_message(n.clone());
-        let plan = cfg.rotation_plan(n).map_err(CliError::usage)?;
-        let result = match plan {
-            Some(plan) => engine.step(&plan, force, &reason).await.map_err(|e| e.to_string()),
-            None => Err("no provider".to_string()),
-        };
-        rows.push((n.clone(), result));
-        bar.inc(1);
+        plans.push(cfg.rotation_plan(n).map_err(CliError::usage)?);
     }
+    // Keys rotate independently (each step is CAS-guarded and the index is merge-PATCHed), and
+    // one rotation is a dozen-odd sequential round trips: a few keys in flight at once keep
+    // the server busy instead of waiting on latency (1,000 keys: minutes → seconds).
+    let next = std::sync::Mutex::new(0usize);
+    let results: std::sync::Mutex<Vec<Option<Result<Outcome, String>>>> =
+        std::sync::Mutex::new(names.iter().map(|_| None).collect());
+    let worker = || async {
+        loop {
+            let i = {
+                let mut guard = next.lock().unwrap_or_else(|e| e.into_inner());
+                let i = *guard;
+                *guard += 1;
+                i
+            };
+            let (Some(n), Some(plan)) = (names.get(i), plans.get(i)) else { break };
+            bar.set_message(n.clone());
+            let result = match plan {
+                Some(plan) => engine.step(plan, force, &reason).await.map_err(|e| e.to_string()),
+                None => Err("no provider".to_string()),
+            };
+            results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(result);
+            bar.inc(1);
+        }
+    };
+    let finished = std::sync::atomic::AtomicUsize::new(0);
+    let worker = || async {
+        worker().await;
+        finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    };
+    // Flushes every 0.5 s, and notices within 50 ms that the workers are done (the final flush
+    // follows), so the command does not linger.
+    let flusher = async {
+        let mut last = std::time::Instant::now();
+        while finished.load(std::sync::atomic::Ordering::SeqCst) < 8 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            if last.elapsed() >= std::time::Duration::from_millis(500) {
+                store.flush_index().await;
+                last = std::time::Instant::now();
+            }
+        }
+    };
+    // Eight workers: enough to hide latency, few enough not to swamp the server or a provider.
+    tokio::join!(worker(), worker(), worker(), worker(), worker(), worker(), worker(), worker(), flusher);
+    store.flush_index().await;
     bar.finish_and_clear();
+    let rows: Vec<(String, Result<Outcome, String>)> = names
+        .iter()
+        .cloned()
+        .zip(results.into_inner().unwrap_or_else(|e| e.into_inner()))
+        .map(|(n, r)| (n, r.unwrap_or_else(|| Err("not attempted".to_string()))))
+        .collect();
     let failed = rows.iter().filter(|(_, r)| matches!(r, Err(_) | Ok(Outcome::Failed { .. }))).count();
     match output {
         Output::Json => print_json(&serde_json::Value::Array(

@@ -44,7 +44,8 @@ pub struct Config {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentConfig {
-    /// How often to look for changes (one Vault request per poll), jittered by ±10%.
+    /// How often to look for changes (one Vault request per poll); each wait is up to 10% shorter
+    /// (jitter spreads agents, never delays a change beyond one interval).
     pub poll_interval: HumanDuration,
     /// How often to re-read every key's metadata, catching changes made outside keysync.
     pub full_sync_interval: HumanDuration,

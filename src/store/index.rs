@@ -102,8 +102,17 @@ impl Index {
     /// Records `entry` for `name`: merge-PATCH of the latest version, or a create-only write
     /// when the index does not exist yet (retrying as PATCH if another writer created it).
     pub async fn update(&self, name: &KeyName, entry: &IndexEntry) -> Result<(), VaultError> {
-        let value = serde_json::to_value(entry).unwrap_or(Value::Null);
-        let patch = Request::patch(self.data_path.clone(), "index_patch", json!({ "data": { name.as_str(): value } }));
+        self.update_many(&BTreeMap::from([(name.clone(), entry.clone())])).await
+    }
+
+    /// Records several entries in one request (see [`Index::update`]).
+    pub async fn update_many(&self, entries: &BTreeMap<KeyName, IndexEntry>) -> Result<(), VaultError> {
+        let value: serde_json::Map<String, Value> = entries
+            .iter()
+            .map(|(name, entry)| (name.as_str().to_string(), serde_json::to_value(entry).unwrap_or(Value::Null)))
+            .collect();
+        let value = Value::Object(value);
+        let patch = Request::patch(self.data_path.clone(), "index_patch", json!({ "data": value }));
         for _ in 0..3 {
             let resp = self.session.request_allowing(&patch, &[404]).await?;
             if resp.status != 404 {
@@ -112,7 +121,7 @@ impl Index {
             let create = Request::post(
                 self.data_path.clone(),
                 "index_create",
-                json!({ "options": { "cas": 0 }, "data": { name.as_str(): value } }),
+                json!({ "options": { "cas": 0 }, "data": value }),
             );
             match self.session.request(&create).await {
                 Ok(_) => return Ok(()),

@@ -146,11 +146,36 @@ pub struct KeyStore {
     kv: Kv,
     grace: Duration,
     actor: String,
+    /// `Some`: index entries are collected here and sent by [`KeyStore::flush_index`] in one
+    /// PATCH, instead of one PATCH per change (see [`KeyStore::batching_index`]).
+    batch: Option<std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<KeyName, IndexEntry>>>>,
 }
 
 impl KeyStore {
     pub fn new(kv: Kv, grace: Duration, actor: impl Into<String>) -> Self {
-        KeyStore { kv, grace, actor: actor.into() }
+        KeyStore { kv, grace, actor: actor.into(), batch: None }
+    }
+
+    /// The same store collecting index entries for [`KeyStore::flush_index`], for bulk work
+    /// (`rotate --due`): every index PATCH rewrites the whole index, so with 1,000 keys one
+    /// PATCH per change makes the index the bottleneck. Changes are stored at once as usual;
+    /// only agents' notice waits for the next flush (or their next full sync if it never comes).
+    pub fn batching_index(mut self) -> Self {
+        self.batch = Some(Default::default());
+        self
+    }
+
+    /// Sends the collected index entries in one merge-PATCH. A no-op without batching or with
+    /// nothing collected; a failure is logged like a failed single publish.
+    pub async fn flush_index(&self) {
+        let Some(batch) = &self.batch else { return };
+        let entries = std::mem::take(&mut *batch.lock().unwrap_or_else(|e| e.into_inner()));
+        if entries.is_empty() {
+            return;
+        }
+        if let Err(e) = self.kv.index().update_many(&entries).await {
+            tracing::warn!(keys = entries.len(), error = %e, "stored the changes but could not update the change index; agents will see them at their next full sync");
+        }
     }
 
     /// The store the config describes (`[kv]`, `[rotation] grace`), acting as [`default_actor`].
@@ -358,6 +383,10 @@ impl KeyStore {
     /// if the index cannot be updated, agents still see it at their next full sync.
     pub async fn publish(&self, name: &KeyName, state: &RotationState, deleted: bool) {
         let entry = IndexEntry::from_state(state, deleted);
+        if let Some(batch) = &self.batch {
+            batch.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), entry);
+            return;
+        }
         if let Err(e) = self.kv.index().update(name, &entry).await {
             tracing::warn!(key = %name, error = %e, "stored the change but could not update the change index; agents will see it at their next full sync");
         }
