@@ -10,7 +10,7 @@ mod support;
 use keysync::config::{load_with_env, ConfigSource};
 use keysync::render::{render_content, KeyMaterial, Sink, SinkConfig, SinkFormat};
 use keysync::secret::Secret;
-use keysync::store::{RotationState, ValidationRetry};
+use keysync::store::{RotationState, ValidationRetry, FIXED_FIELDS};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use std::cell::Cell;
@@ -314,29 +314,9 @@ fn fuzz_config_parser() {
 // ---------------------------------------------------------------------------------------
 // custom_metadata state codec
 
-/// keysync's own fields; anything else belongs to another tool.
-const KEYSYNC_FIELDS: &[&str] = &[
-    "keysync_schema",
-    "current",
-    "previous",
-    "pending",
-    "grace_until",
-    "rotated_at",
-    "rotated_by",
-    "reason",
-    "disabled",
-    "failed",
-    "retry",
-    "intent",
-];
-
-fn is_keysync_field(k: &str) -> bool {
-    KEYSYNC_FIELDS.contains(&k) || k.starts_with("fp.v")
-}
-
 fn metadata_key() -> impl Strategy<Value = String> {
     prop_oneof![
-        3 => (0..KEYSYNC_FIELDS.len()).prop_map(|i| KEYSYNC_FIELDS[i].to_string()),
+        3 => (0..FIXED_FIELDS.len()).prop_map(|i| FIXED_FIELDS[i].to_string()),
         1 => "fp\\.v[0-9]{1,3}",
         1 => "fp\\.v.{0,4}",
         2 => "[a-zA-Z_.-]{1,20}",
@@ -439,7 +419,7 @@ fn fuzz_state_codec() {
             next.intent = None;
             next.managed = true;
             for k in next.merge_patch(&state).keys() {
-                prop_assert!(is_keysync_field(k), "a state change patched foreign field {:?}", k);
+                prop_assert!(RotationState::is_own_field(k), "a state change patched foreign field {:?}", k);
             }
             Ok(())
         },

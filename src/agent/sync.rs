@@ -188,11 +188,7 @@ impl Syncer {
             let snapshot = self.store.kv().index().read().await?;
             for name in &self.keys {
                 let entry = match self.store.record(name).await {
-                    Ok(Some(r)) => {
-                        let deleted =
-                            r.state.current.and_then(|c| r.meta.versions.get(&c)).is_some_and(|m| !m.is_live());
-                        IndexEntry::from_state(&r.state, deleted)
-                    }
+                    Ok(Some(r)) => IndexEntry::from_state(&r.state, r.current_deleted(&r.state)),
                     Ok(None) => IndexEntry::default(),
                     Err(crate::store::StoreError::Vault(e)) => return Err(e),
                     Err(e) => {

@@ -7,6 +7,7 @@ use crate::rotation::{Engine, Outcome, SystemClock};
 use crate::store::KeyStore;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 pub async fn run(
     cfg: &Config,
@@ -52,17 +53,12 @@ pub async fn run(
     // Keys rotate independently (each step is CAS-guarded and the index is merge-PATCHed), and
     // one rotation is a dozen-odd sequential round trips: a few keys in flight at once keep
     // the server busy instead of waiting on latency (1,000 keys: minutes → seconds).
-    let next = std::sync::Mutex::new(0usize);
+    let next = AtomicUsize::new(0);
     let results: std::sync::Mutex<Vec<Option<Result<Outcome, String>>>> =
         std::sync::Mutex::new(names.iter().map(|_| None).collect());
     let worker = || async {
         loop {
-            let i = {
-                let mut guard = next.lock().unwrap_or_else(|e| e.into_inner());
-                let i = *guard;
-                *guard += 1;
-                i
-            };
+            let i = next.fetch_add(1, Ordering::Relaxed);
             let (Some(n), Some(plan)) = (names.get(i), plans.get(i)) else { break };
             bar.set_message(n.clone());
             let result = match plan {
@@ -73,16 +69,17 @@ pub async fn run(
             bar.inc(1);
         }
     };
-    let finished = std::sync::atomic::AtomicUsize::new(0);
-    let worker = || async {
-        worker().await;
-        finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let done = AtomicBool::new(false);
+    let workers = async {
+        // Eight workers: enough to hide latency, few enough not to swamp the server or a provider.
+        tokio::join!(worker(), worker(), worker(), worker(), worker(), worker(), worker(), worker());
+        done.store(true, Ordering::SeqCst);
     };
     // Flushes every 0.5 s, and notices within 50 ms that the workers are done (the final flush
     // follows), so the command does not linger.
     let flusher = async {
         let mut last = std::time::Instant::now();
-        while finished.load(std::sync::atomic::Ordering::SeqCst) < 8 {
+        while !done.load(Ordering::SeqCst) {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             if last.elapsed() >= std::time::Duration::from_millis(500) {
                 store.flush_index().await;
@@ -90,8 +87,7 @@ pub async fn run(
             }
         }
     };
-    // Eight workers: enough to hide latency, few enough not to swamp the server or a provider.
-    tokio::join!(worker(), worker(), worker(), worker(), worker(), worker(), worker(), worker(), flusher);
+    tokio::join!(workers, flusher);
     store.flush_index().await;
     bar.finish_and_clear();
     let rows: Vec<(String, Result<Outcome, String>)> = names

@@ -14,7 +14,9 @@ pub use acks::{ack_id, Ack, Acks};
 pub use index::{Index, IndexEntry, IndexSnapshot, INDEX_NAME};
 pub use kv::{KeyData, Kv, Metadata, VersionMeta, VersionRead};
 pub use name::KeyName;
-pub use state::{is_fingerprint, RotationState, StateError, ValidationRetry, MAX_FINGERPRINTS, SCHEMA_FIELD};
+pub use state::{
+    is_fingerprint, RotationState, StateError, ValidationRetry, FIXED_FIELDS, MAX_FINGERPRINTS, SCHEMA_FIELD,
+};
 
 use crate::secret::Secret;
 use crate::vault::VaultError;
@@ -79,6 +81,12 @@ pub struct KeyRecord {
 }
 
 impl KeyRecord {
+    /// Whether the version `state` calls current is soft-deleted or destroyed here (the
+    /// index's `deleted` flag).
+    pub fn current_deleted(&self, state: &RotationState) -> bool {
+        state.current.and_then(|c| self.meta.versions.get(&c)).is_some_and(|m| !m.is_live())
+    }
+
     /// The role of `version` judged from metadata alone.
     pub fn role(&self, version: u64) -> Role {
         let s = &self.state;
@@ -347,15 +355,12 @@ impl KeyStore {
         after.managed = true;
         after.prune(record.meta.oldest_version);
         self.kv.patch_custom_metadata(name, after.merge_patch(&record.state)).await?;
-        let deleted_of = |r: &KeyRecord, s: &RotationState| {
-            s.current.and_then(|c| r.meta.versions.get(&c)).is_some_and(|m| !m.is_live())
-        };
-        let deleted = deleted_of(&record, &after);
+        let deleted = record.current_deleted(&after);
         // Bookkeeping that consumers do not see (a rotation intent, a retry counter, a
         // fingerprint) leaves the index alone: no new index version, no agent wakes up.
         if record.state.managed
             && IndexEntry::from_state(&after, deleted)
-                == IndexEntry::from_state(&record.state, deleted_of(&record, &record.state))
+                == IndexEntry::from_state(&record.state, record.current_deleted(&record.state))
         {
             return Ok(after);
         }
@@ -370,11 +375,7 @@ impl KeyStore {
     /// when the key cannot be read back.
     async fn publish_fresh(&self, name: &KeyName, ours: &RotationState, deleted: bool) {
         match self.record(name).await {
-            Ok(Some(fresh)) => {
-                let deleted =
-                    fresh.state.current.and_then(|c| fresh.meta.versions.get(&c)).is_some_and(|m| !m.is_live());
-                self.publish(name, &fresh.state, deleted).await
-            }
+            Ok(Some(fresh)) => self.publish(name, &fresh.state, fresh.current_deleted(&fresh.state)).await,
             _ => self.publish(name, ours, deleted).await,
         }
     }

@@ -18,7 +18,8 @@ pub const SCHEMA_VERSION: &str = "1";
 pub const MAX_FINGERPRINTS: usize = 40;
 const MAX_VALUE: usize = 512;
 
-const FIXED_FIELDS: [&str; 12] = [
+/// The custom_metadata fields keysync owns besides `fp.v<N>` (see [`RotationState::is_own_field`]).
+pub const FIXED_FIELDS: [&str; 12] = [
     SCHEMA_FIELD,
     "current",
     "previous",
