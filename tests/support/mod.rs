@@ -7,6 +7,7 @@
 //! then keep to their own random mounts and prefixes.
 #![allow(dead_code)]
 
+pub mod fake_llm;
 pub mod fake_openai;
 pub mod faults;
 pub mod leak;
