@@ -461,7 +461,7 @@ impl Refusal {
 /// Google's `google.protobuf.Duration` JSON form: `"37s"`, `"1.5s"`.
 fn parse_google_duration(text: &str) -> Option<Duration> {
     let seconds: f64 = text.strip_suffix('s')?.parse().ok()?;
-    (seconds.is_finite() && seconds >= 0.0 && seconds < 1e9).then(|| Duration::from_secs_f64(seconds))
+    (0.0..1e9).contains(&seconds).then(|| Duration::from_secs_f64(seconds))
 }
 
 #[cfg(test)]
