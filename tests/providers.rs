@@ -326,3 +326,35 @@ async fn an_anthropic_admin_api_refusal_is_a_provider_error_not_a_config_error()
     let err = gone.revoke("apikey_02").await.unwrap_err();
     assert!(matches!(&err, ProviderError::ApiRefused(m) if m.contains("cannot connect")), "{err:?}");
 }
+
+#[tokio::test]
+async fn cleanup_deletes_nothing_when_the_list_never_ends() {
+    let (base, accounts) = fake_openai::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin.key"), fake_openai::ADMIN_KEY).unwrap();
+    let old = chrono::Utc::now().timestamp() - 3600;
+    let orphan = {
+        let mut a = accounts.lock().unwrap();
+        for i in 0..150 {
+            a.seed(&format!("ci-runner-{i}"), old);
+        }
+        a.stuck_cursor = true;
+        a.seed(&format!("keysync-openai-{old}"), old)
+    };
+    let openai = keysync::provider::OpenAiConfig {
+        project_id: "proj_x".into(),
+        admin_key_file: dir.path().join("admin.key"),
+        base_url: base,
+        name_prefix: "keysync".into(),
+        timeout: keysync::config::HumanDuration::from_secs(5),
+    };
+    let err = openai.reconcile("openai", &Default::default(), Duration::from_secs(30)).await.unwrap_err();
+    assert!(err.to_string().contains("no new last_id") && err.to_string().contains("nothing deleted"), "{err}");
+    assert_eq!(accounts.lock().unwrap().list_requests.len(), 2, "stopped at the repeated cursor");
+    assert!(!accounts.lock().unwrap().accounts[&orphan].1, "nothing deleted from a list never read to its end");
+    // The same project with a working list: the orphan (on page 2) goes, nothing else.
+    accounts.lock().unwrap().stuck_cursor = false;
+    let deleted = openai.reconcile("openai", &Default::default(), Duration::from_secs(30)).await.unwrap();
+    assert_eq!(deleted, vec![orphan]);
+    assert_eq!(accounts.lock().unwrap().live_names().len(), 150);
+}

@@ -431,14 +431,11 @@ impl Refusal {
             words.extend(["type", "code"].iter().filter_map(|k| value.get(*k)));
         }
         for word in words {
-            let text = match word {
-                serde_json::Value::String(s) => s.clone(),
-                serde_json::Value::Number(n) => n.to_string(),
-                _ => continue,
-            };
+            // Numbers (Google's `code`) only repeat the HTTP status.
+            let serde_json::Value::String(text) = word else { continue };
             let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
-            if !text.is_empty() && text.len() <= 64 && text.chars().all(plain) && !refusal.codes.contains(&text) {
-                refusal.codes.push(text);
+            if !text.is_empty() && text.len() <= 64 && text.chars().all(plain) && !refusal.codes.contains(text) {
+                refusal.codes.push(text.clone());
             }
         }
         refusal
@@ -606,7 +603,7 @@ mod tests {
     fn each_family_reads_its_documented_refusal() {
         let gemini_bad = br#"{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID","domain":"googleapis.com"}]}}"#;
         let r = Refusal::parse(gemini_bad);
-        assert_eq!(r.codes, ["400", "INVALID_ARGUMENT", "API_KEY_INVALID"]);
+        assert_eq!(r.codes, ["INVALID_ARGUMENT", "API_KEY_INVALID"]);
         assert_eq!(classify(Family::Gemini, StatusCode::BAD_REQUEST, &r), Class::Invalid);
         // The same 400 from an OpenAI-compatible API, or a Gemini 400 about the request, is
         // not a verdict on the key.

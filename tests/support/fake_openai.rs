@@ -30,6 +30,8 @@ pub struct Accounts {
     pub rate_limit: Option<u64>,
     /// List requests served, and the `after` cursor each one carried.
     pub list_requests: Vec<Option<String>>,
+    /// A broken server: every list answer is the first page with `has_more: true`.
+    pub stuck_cursor: bool,
 }
 
 impl Accounts {
@@ -134,10 +136,13 @@ async fn list(State(s): State<Shared>, Path(_project): Path<String>, uri: Uri, h
     let seq = |id: &str| id.rsplit('_').next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
     let mut all: Vec<(&String, bool)> = s.accounts.iter().map(|(id, (_, deleted))| (id, *deleted)).collect();
     all.sort_by_key(|(id, _)| seq(id));
-    let from = after.as_deref().map_or(0, |a| all.iter().take_while(|(id, _)| seq(id) <= seq(a)).count());
+    let from = match after.as_deref() {
+        Some(a) if !s.stuck_cursor => all.iter().take_while(|(id, _)| seq(id) <= seq(a)).count(),
+        _ => 0,
+    };
     let live: Vec<String> =
         all[from..].iter().filter(|(_, deleted)| !deleted).map(|(id, _)| (*id).clone()).take(limit + 1).collect();
-    let has_more = live.len() > limit;
+    let has_more = live.len() > limit || s.stuck_cursor;
     let data: Vec<serde_json::Value> = live
         .iter()
         .take(limit)
