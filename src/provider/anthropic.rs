@@ -82,7 +82,15 @@ impl AnthropicRevoke {
         if status.is_success() || status.as_u16() == 404 {
             return Ok(());
         }
-        let bytes = resp.bytes().await.unwrap_or_default();
+        // Error bodies are a few hundred bytes; read no more than 16 KiB of one.
+        let mut resp = resp;
+        let mut bytes = Vec::new();
+        while let Ok(Some(chunk)) = resp.chunk().await {
+            if bytes.len() + chunk.len() > 16 * 1024 {
+                break;
+            }
+            bytes.extend_from_slice(&chunk);
+        }
         Err(ProviderError::ApiRefused(format!("{what}: HTTP {status}{}", error_type(&bytes))))
     }
 }

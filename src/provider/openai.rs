@@ -52,7 +52,9 @@ impl OpenAiConfig {
                 "name_prefix {p:?} must be 1-64 letters, digits, '_' or '.' (no '-': keysync names service \
                  accounts `<name_prefix>-<key>-<unix time>` and deletes orphans by that exact name, so a '-' \
                  in the prefix could make another key's accounts look like this key's); e.g. {:?}",
-                p.replace(|c: char| !allowed(c), "_").trim_matches('_')
+                Some(p.replace(|c: char| !allowed(c), "_").trim_matches('_').to_string())
+                    .filter(|s| !s.is_empty() && s.len() <= 64)
+                    .unwrap_or_else(default_name_prefix)
             ));
         }
         Ok(())
