@@ -116,8 +116,10 @@ async fn rotating_openai_never_deletes_openai_batch_accounts_and_cleanup_reads_e
     for id in &deleted {
         assert!(is_openai_own(&a.names[*id].0), "only openai's own accounts are deleted, not {}", a.names[*id].0);
     }
-    let pages_per_cleanup = a.list_requests.iter().filter(|c| c.is_none()).count();
-    assert_eq!(pages_per_cleanup, rotations, "one cleanup per rotation");
+    let cleanups = a.list_requests.iter().filter(|c| c.is_none()).count();
+    assert_eq!(cleanups, rotations, "one cleanup per rotation");
+    assert_eq!(a.list_requests.len(), 3 * rotations, "every cleanup read all 3 pages");
+    let deleted_count = deleted.len();
     drop(a);
     let current = cli.json(&["get", "openai"]);
     let current_id = current["fields"]["key_id"].as_str().unwrap().to_string();
@@ -133,8 +135,10 @@ async fn rotating_openai_never_deletes_openai_batch_accounts_and_cleanup_reads_e
         ),
         rotations,
         &format!(
-            "0 of 3 `openai-batch` accounts and 0 of {} look-alike/other accounts deleted; 4 of 4 `openai` orphans on page 3 deleted; 3 list pages (limit 100, after = last_id) per cleanup",
-            spared.len() - 1
+            "0 of 3 `openai-batch` accounts and 0 of {} look-alike/other accounts deleted; 4 of 4 `openai` orphans on page 3 deleted \
+             ({deleted_count} deletions in all, each an `openai` account); {} list requests for {rotations} cleanups (limit 100, after = last_id)",
+            spared.len() - 1,
+            3 * rotations
         ),
     );
 }
