@@ -362,3 +362,30 @@ async fn cleanup_deletes_nothing_when_the_list_never_ends() {
     assert_eq!(deleted, vec![orphan]);
     assert_eq!(accounts.lock().unwrap().live_names().len(), 150);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_put_gemini_key_that_google_calls_invalid_is_refused_at_once_not_retried() {
+    let server = DevServer::start();
+    let (base, fake) = fake_llm::start(Family::Gemini).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cli = Cli::new(&server, &server.root_token, dir.path());
+    let tok = random_token();
+    let good = format!("AIzaSy-good-{tok}-xxxxxxxx");
+    fake.lock().unwrap().valid.insert(good.clone());
+    let cfg = config(
+        dir.path(),
+        &format!("[keys.gemini.provider]\ntype = \"manual\"\n[keys.gemini.validation]\npreset = \"gemini\"\nbase_url = \"{base}/v1beta\"\n"),
+    );
+    let start = Instant::now();
+    let (code, _, stderr) =
+        cli.run_with_stdin(&["--config", &cfg, "put", "gemini"], &format!("AIzaSy-typo-{tok}-xxxxxxxx"));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("refused") && stderr.contains("API_KEY_INVALID"), "{stderr}");
+    assert_eq!(fake.lock().unwrap().requests.len(), 1, "Google's 400 API_KEY_INVALID is a verdict, not retried");
+    assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+    let (status, _) = server.admin().try_read("secret/metadata/keysync/gemini").await;
+    assert_eq!(status, 404, "nothing written");
+    let (code, _, stderr) = cli.run_with_stdin(&["--config", &cfg, "put", "gemini"], &good);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(cli.ok(&["get", "gemini", "--reveal"]).trim(), good);
+}
