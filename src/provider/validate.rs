@@ -5,6 +5,7 @@
 use crate::config::HumanDuration;
 use crate::secret::Secret;
 use backon::{BackoffBuilder, ExponentialBuilder};
+use chrono::{DateTime, Utc};
 use reqwest::header::{HeaderName, HeaderValue, AUTHORIZATION, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
@@ -311,13 +312,11 @@ async fn attempt(client: &reqwest::Client, plan: &Plan, auth: &HeaderValue) -> A
     if valid {
         return Attempt::Done(Verdict::Valid);
     }
-    // Only the delay-seconds form; an HTTP-date falls back to our own backoff.
     let retry_after = response
         .headers()
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+        .and_then(|v| parse_retry_after(v, Utc::now()));
     let refusal = Refusal::parse(&read_refusal(response).await);
     let detail = refusal.describe();
     match classify(plan.family, status, &refusal) {
@@ -453,6 +452,18 @@ impl Refusal {
             format!(" ({})", self.codes.join(", "))
         }
     }
+}
+
+/// `Retry-After` (RFC 9110 §10.2.3): delay-seconds, or an HTTP-date (`Wed, 21 Oct 2015
+/// 07:28:00 GMT`) counted from `now`; a date in the past means "now". Anything else: `None`,
+/// and keysync's own backoff applies.
+fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = DateTime::parse_from_rfc2822(value).ok()?.with_timezone(&Utc);
+    Some((at - now).to_std().unwrap_or(Duration::ZERO))
 }
 
 /// Google's `google.protobuf.Duration` JSON form: `"37s"`, `"1.5s"`.
@@ -636,6 +647,11 @@ mod tests {
         );
         assert_eq!(limited.retry_delay, Some(Duration::from_secs(37)));
         assert_eq!(parse_google_duration("1.5s"), Some(Duration::from_millis(1500)));
+        let now = DateTime::parse_from_rfc3339("2015-10-21T07:28:00Z").unwrap().with_timezone(&Utc);
+        assert_eq!(parse_retry_after(" 120 ", now), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 09:28:00 GMT", now), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_google_duration("-1s"), None);
         assert_eq!(parse_google_duration("soon"), None);
         // Odd bodies give nothing, and words that are not plain identifiers are dropped.
