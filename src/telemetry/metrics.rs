@@ -67,6 +67,7 @@ pub struct Metrics {
     pub key_next_rotation_timestamp_seconds: Family<KeyLabel, FloatGauge>,
     pub key_rotation_overdue: Family<KeyLabel, Gauge>,
     pub validation_failures_total: Family<KeyReasonLabel, Counter>,
+    pub key_expires_in_seconds: Family<KeyLabel, FloatGauge>,
     vault_clients: Arc<Mutex<Vec<VaultClient>>>,
     health: Arc<Mutex<Option<Arc<Health>>>>,
 }
@@ -87,6 +88,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "keysync_key_next_rotation_timestamp_seconds",
     "keysync_key_rotation_overdue",
     "keysync_validation_failures_total",
+    "keysync_key_expires_in_seconds",
     "keysync_vault_requests_total",
     "keysync_ready",
 ];
@@ -115,6 +117,7 @@ impl Metrics {
             key_next_rotation_timestamp_seconds: Family::default(),
             key_rotation_overdue: Family::default(),
             validation_failures_total: Family::default(),
+            key_expires_in_seconds: Family::default(),
             vault_clients: Arc::new(Mutex::new(Vec::new())),
             health: Arc::new(Mutex::new(None)),
             registry: Registry::default(),
@@ -181,6 +184,11 @@ impl Metrics {
             "keysync_validation_failures",
             "Key validations that failed, by reason",
             m.validation_failures_total.clone(),
+        );
+        r.register(
+            "keysync_key_expires_in_seconds",
+            "Seconds until the current key's expires_at (its data field, RFC 3339); negative once expired. Only keys that have one",
+            m.key_expires_in_seconds.clone(),
         );
         r.register_collector(Box::new(VaultRequests(m.vault_clients.clone())));
         r.register_collector(Box::new(Ready(m.health.clone())));
@@ -279,6 +287,7 @@ mod tests {
         m.key_next_rotation_timestamp_seconds.get_or_create(&key).set(1.0);
         m.key_rotation_overdue.get_or_create(&key).set(0);
         m.validation_failures_total.get_or_create(&KeyReasonLabel { key: "k".into(), reason: "invalid".into() }).inc();
+        m.key_expires_in_seconds.get_or_create(&key).set(60.0);
         m.track_health(Arc::new(Health::new(std::time::Duration::from_secs(10))));
         let text = m.encode();
         for name in METRIC_NAMES {
