@@ -93,6 +93,7 @@ async fn keysync_logs_in_through_token_review_renews_and_logs_in_again_with_the_
     // the Vault token alive until max TTL, then keysync logs in again with the new file.
     let first_accessor = info.accessor;
     write_token(&jwt_file, &api.issue(NAMESPACE, "keysync", &["vault"]));
+    api.invalidate(&first_jwt);
     let (stop, rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(session.clone().maintain(rx));
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -103,7 +103,11 @@ impl Health {
             let broken: Vec<String> = failing
                 .iter()
                 .filter(|(_, f)| f.in_a_row >= threshold)
-                .map(|(sink, f)| format!("sink {sink} failed {} passes in a row: {}", f.in_a_row, f.reason))
+                .map(|(sink, f)| {
+                    // Render errors start with the sink already; say it once.
+                    let reason = f.reason.strip_prefix(&format!("sink {sink}: ")).unwrap_or(&f.reason);
+                    format!("sink {sink} failed {} passes in a row: {reason}", f.in_a_row)
+                })
                 .collect();
             if !broken.is_empty() {
                 return Err(broken.join("; "));
@@ -141,8 +145,19 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
-async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.encode())
+/// OpenMetrics for scrapers that ask for it (Prometheus does), the classic text format
+/// otherwise (`curl`, `promtool check metrics`).
+async fn metrics_handler(State(state): State<AppState>, headers: axum::http::HeaderMap) -> impl IntoResponse {
+    let wants_openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    if wants_openmetrics {
+        ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.encode())
+    } else {
+        ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.encode_prometheus_text())
+    }
 }
 
 #[cfg(test)]

@@ -226,6 +226,11 @@ impl TokenReviewApi {
         self.state.lock().unwrap().deleted.push((namespace.into(), name.into()));
     }
 
+    /// Invalidates one token, as deleting the pod it was projected into does.
+    pub fn invalidate(&self, jwt: &str) {
+        self.state.lock().unwrap().tokens.remove(jwt);
+    }
+
     /// Every review answered so far.
     pub fn reviews(&self) -> Vec<Review> {
         self.state.lock().unwrap().reviews.clone()
