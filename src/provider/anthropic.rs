@@ -38,7 +38,7 @@ impl AnthropicRevoke {
                 self.admin_key_file.display()
             ))
         })?;
-        let admin = Secret::new(text.trim());
+        let admin = Secret::credential(text.trim());
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .redirect(reqwest::redirect::Policy::none())

@@ -371,6 +371,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn credentials_read_from_files_print_as_redacted_not_masked() {
+        let dir = std::env::temp_dir().join(format!("keysync-cred-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "hvs.CAESIQpZ7x4Lr2mT9kWq3vNbHdFg\n").unwrap();
+        let token = read_credential(&file, "vault.auth.token_file", "the Vault token").unwrap();
+        let shown = format!("{token:?} {token}");
+        assert_eq!(shown, "Secret(<redacted>) <redacted>");
+        let login = LoginResult { token, origin: "token file".into() };
+        assert!(!format!("{login:?}").contains("hvs."), "{login:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn service_account_from_projected_and_legacy_tokens() {
         // {"kubernetes.io":{"namespace":"apps","serviceaccount":{"name":"keysync","uid":"u"}}}
         let projected = "e30.eyJrdWJlcm5ldGVzLmlvIjp7Im5hbWVzcGFjZSI6ImFwcHMiLCJzZXJ2aWNlYWNjb3VudCI6eyJuYW1lIjoia2V5c3luYyIsInVpZCI6InUifX19.sig";
