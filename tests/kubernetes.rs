@@ -110,6 +110,17 @@ async fn keysync_logs_in_through_token_review_renews_and_logs_in_again_with_the_
     assert_ne!(session.token_info().accessor, first_accessor, "a new Vault token after re-login");
     let reviews = api.reviews();
     assert!(reviews.len() >= 2 && reviews.iter().all(|r| r.reviewer_ok && r.authenticated), "{reviews:?}");
+    support::report::record(
+        "Auth and server state",
+        "Kubernetes auth (real Vault, HTTPS TokenReview stand-in): token_ttl 3 s, token_max_ttl 6 s, the kubelet's token replaced and the old one invalidated",
+        1,
+        &format!(
+            "{} logins, {} renewals, {} TokenReviews (all with the reviewer token, all authenticated); every request in between succeeded",
+            session.login_count(),
+            session.renewal_count(),
+            reviews.len()
+        ),
+    );
     let _ = stop.send(true);
     task.await.unwrap();
 }

@@ -443,6 +443,7 @@ async fn readyz_names_a_sink_that_keeps_failing_and_json_logs_are_one_stable_obj
         ),
     )
     .unwrap();
+    let started = std::time::Instant::now();
     let agent = Agent::start(&config, &server.addr, &server.root_token, &["--log-format", "json", "run"], d);
 
     // Three failed passes in a row: 503 naming the sink and the reason.
@@ -454,6 +455,7 @@ async fn readyz_names_a_sink_that_keeps_failing_and_json_logs_are_one_stable_obj
         http_get(&listen, "/readyz"),
         agent.log_text()
     );
+    let unready_after = started.elapsed().as_secs_f64();
     let (_, body) = http_get(&listen, "/readyz");
     assert!(body.contains(&format!("sink {} failed", sink.display())), "{body}");
     assert!(body.contains("failed 3 passes in a row: exists but is not a regular file"), "the reason is given: {body}");
@@ -462,7 +464,17 @@ async fn readyz_names_a_sink_that_keeps_failing_and_json_logs_are_one_stable_obj
 
     // The sink recovers: ready again at the next pass.
     std::fs::remove_dir(&sink).unwrap();
+    let repaired = std::time::Instant::now();
     assert!(eventually(Duration::from_secs(5), || http_get(&listen, "/readyz").0 == 200).await);
+    support::report::record(
+        "Faults",
+        "A sink whose path is a directory, unready_after_sink_failures = 3, poll 0.5 s; then the directory removed",
+        1,
+        &format!(
+            "/readyz 503 naming the sink and the error {unready_after:.1} s after start (3 failed passes); 200 again {:.1} s after the repair; /healthz 200 throughout",
+            repaired.elapsed().as_secs_f64()
+        ),
+    );
     assert_eq!(std::fs::read_to_string(&sink).unwrap().trim(), "sk-readyz-openai-0123456789");
     drop(agent);
 
