@@ -308,6 +308,7 @@ async fn a_real_scrape_passes_promtool_and_metric_values_follow_real_events() {
     let expired = (now - chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     put(&writer, "openai", "sk-metrics-openai-0123456789", &[("expires_at", &expires)]).await;
     put(&writer, "glm", "sk-metrics-glm-0123456789abc", &[("expires_at", &expired)]).await;
+    put(&writer, "odd", "sk-metrics-odd-0123456789abc", &[("expires_at", "next tuesday")]).await;
     let promoted = chrono::Utc::now().timestamp() as f64;
 
     let dir = tempfile::tempdir().unwrap();
@@ -342,6 +343,9 @@ interval = "30d"
 validate = false
 [[keys.glm.sinks]]
 path = "{0}/out/glm.key"
+
+[[keys.odd.sinks]]
+path = "{0}/out/odd.key"
 "#,
             d.display()
         ),
@@ -382,6 +386,9 @@ path = "{0}/out/glm.key"
     assert!((left - expect).abs() <= 5.0, "expires in {left}, expected ~{expect}");
     let past = get("keysync_key_expires_in_seconds{key=\"glm\"}");
     assert!((past + 3600.0 + (at - promoted)).abs() <= 5.0, "glm expired {past}");
+    // An expires_at that is not RFC 3339 exports nothing and says so in the log.
+    assert!(sample(&m, "keysync_key_expires_in_seconds{key=\"odd\"}").is_none(), "{m}");
+    assert!(agent.log_text().contains("expires_at field is not an RFC 3339 time"), "{}", agent.log_text());
     // Render failures count one per poll; the good sink has none.
     assert!(get(&failed) >= 2.0);
     let openai_sink = d.join("out/openai.key").display().to_string();
@@ -415,6 +422,34 @@ path = "{0}/out/glm.key"
     );
     assert!(open.ends_with("# EOF\n") && open.contains("# TYPE keysync_sink_render counter\n"), "{open}");
     assert!(!m.contains("# EOF") && m.contains("# TYPE keysync_sink_render_total counter\n"), "{m}");
+
+    // A real rotation (by the CLI, with the same config): the agent's metrics follow it.
+    let mut cli = support::Cli::new(&server, &server.root_token, d);
+    cli.secrets.extend(["sk-metrics-openai-0123456789".to_string(), token.clone()]);
+    cli.ok(&["--config", config.to_str().unwrap(), "rotate", "openai", "--force", "--reason", "metrics test"]);
+    let rotated = chrono::Utc::now().timestamp() as f64;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let m = scrape();
+            sample(&m, "keysync_key_current_version{key=\"openai\"}") == Some(2.0)
+                && sample(&m, "keysync_key_next_rotation_timestamp_seconds{key=\"openai\"}")
+                    .is_some_and(|n| (n - (rotated + 3600.0)).abs() <= 3.0)
+        })
+        .await,
+        "{}",
+        scrape()
+    );
+    let m2 = scrape();
+    let age = sample(&m2, "keysync_key_age_seconds{key=\"openai\"}").unwrap();
+    assert!(age <= chrono::Utc::now().timestamp() as f64 - rotated + 2.0, "age after rotation {age}");
+    assert!(
+        sample(&m2, "keysync_key_expires_in_seconds{key=\"openai\"}").is_none(),
+        "a generated key has no expires_at (it is not inherited from the old key)"
+    );
+    assert_eq!(
+        sample(&m2, &format!("keysync_sink_render_total{{sink=\"{openai_sink}\",result=\"written\"}}")),
+        Some(2.0)
+    );
 
     // A sink that recovers: the failure counter stops.
     std::fs::remove_dir(d.join("out/glm.key")).unwrap();
