@@ -357,6 +357,8 @@ fn alerts_use_only_exported_metrics_and_cover_the_failure_modes() {
         "KeysyncValidationFailures",
         "KeysyncAgentNotReady",
         "KeysyncTokenTTLLow",
+        "KeysyncKeyExpiresSoon",
+        "KeysyncKeyExpired",
     ] {
         assert!(names.contains(required), "examples/alerts.yml lacks {required}");
     }
