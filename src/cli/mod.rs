@@ -160,7 +160,7 @@ pub enum Command {
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff) to stdout.
     Man,
-    /// The change index agents poll: status, migrate (legacy → sharded), drop-legacy.
+    /// The change index agents poll: status, migrate (legacy to sharded), drop-legacy.
     #[command(subcommand)]
     Index(index::IndexCommand),
     /// Import many keys from JSON ({"name": "key"}) or a .env file (NAME_API_KEY=key).
