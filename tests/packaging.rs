@@ -349,6 +349,7 @@ fn alerts_use_only_exported_metrics_and_cover_the_failure_modes() {
         "KeysyncValidationFailures",
         "KeysyncAgentNotReady",
         "KeysyncTokenTTLLow",
+        "KeysyncRetirementHeld",
     ] {
         assert!(names.contains(required), "examples/alerts.yml lacks {required}");
     }

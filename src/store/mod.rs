@@ -10,7 +10,7 @@ mod kv;
 mod name;
 mod state;
 
-pub use acks::{ack_id, Ack, Acks};
+pub use acks::{ack_id, Ack, Acks, SinkHold};
 pub use index::{Index, IndexEntry, IndexSnapshot, INDEX_NAME};
 pub use kv::{KeyData, Kv, Metadata, VersionMeta, VersionRead};
 pub use name::KeyName;
