@@ -200,10 +200,15 @@ validate = false
     let cli = support::Cli::new(&server, &server.root_token, d);
     let cfg = config_a.display().to_string();
     cli.ok(&["--config", &cfg, "rotate", "gw", "--force"]);
-    let promoted = Instant::now();
     let status = cli.json(&["status", "gw"]);
     let fp2 = status[0]["current"]["fingerprint"].as_str().unwrap().to_string();
     assert_eq!(status[0]["previous"]["version"], 1);
+    // Stored with whole seconds: the reference for every timing below.
+    let grace_until: chrono::DateTime<chrono::Utc> =
+        status[0]["previous"]["grace_until"].as_str().unwrap().parse().expect("grace_until");
+    let since_grace_end = || (chrono::Utc::now() - grace_until).to_std().ok();
+    let promoted_at = grace_until - chrono::Duration::seconds(grace as i64);
+    let since_promotion = || (chrono::Utc::now() - promoted_at).to_std().unwrap_or_default();
 
     // B reports its failed sink, still holding v1; A reports v2.
     let b_ack = wait_ack(&admin, "agent-b", Duration::from_secs(10), |a| sink_of(a, "gw")["error"].is_string()).await;
@@ -211,22 +216,18 @@ validate = false
     assert_eq!(sink_of(&b_ack, "gw")["fingerprint"], fp1.as_str(), "a failed sink still holds the previous key");
     assert_eq!(b_ack["keys"]["gw"], fp1.as_str(), "older deciders see agent-b still on v1");
     assert!(wait_ack(&admin, "agent-a", Duration::from_secs(10), |a| a["keys"]["gw"] == fp2.as_str()).await.is_some());
-    let reported_failure_after = promoted.elapsed();
-    assert!(
-        reported_failure_after < Duration::from_secs(grace),
-        "the test needs the failure reported within grace ({reported_failure_after:?})"
-    );
+    assert!(since_grace_end().is_none(), "the test needs the failure reported within grace");
 
     // Grace ends: retirement is held by agent-b, the previous key is not revoked.
     let held = || scrape(&listen, "keysync_retirement_held", &["key=\"gw\""]) == 1.0;
     assert!(eventually(Duration::from_secs(grace + 5), held).await, "never held\n{}", agent_a.log_text());
-    let held_at = promoted.elapsed();
-    assert!(held_at >= Duration::from_secs(grace), "held before grace ended: {held_at:?}");
+    let held_at = since_promotion();
+    assert!(since_grace_end().is_some(), "held before grace ended");
     let consumers = cli.json(&["--config", &cfg, "status", "gw", "--consumers"]);
     let text = cli.ok(&["--config", &cfg, "status", "gw", "--consumers"]);
     let record = writer.require(&KeyName::parse("gw").unwrap()).await.unwrap();
-    let still_held = promoted.elapsed() < Duration::from_secs(grace + max_hold);
-    assert!(still_held, "the checks above took too long to see the hold ({:?})", promoted.elapsed());
+    let still_held = since_grace_end().is_some_and(|t| t < Duration::from_secs(max_hold));
+    assert!(still_held, "the checks above took too long to see the hold ({:?})", since_promotion());
     assert_eq!(record.state.previous, Some(1), "previous retired while agent-b holds it");
     assert!(!read(&revoked).contains("id-initial"), "previous key revoked while agent-b holds it");
     assert_eq!(consumers["retirement"]["state"], "held", "{consumers:#}");
@@ -248,8 +249,11 @@ validate = false
     // max_hold runs out: retired (and revoked) anyway, and everything says why.
     let retired = eventually(Duration::from_secs(grace + max_hold + 10), || read(&revoked).contains("id-initial")).await;
     assert!(retired, "never forced\n{}", agent_a.log_text());
-    let forced_at = promoted.elapsed();
-    assert!(forced_at >= Duration::from_secs(grace + max_hold), "forced before max_hold: {forced_at:?}");
+    let forced_at = since_promotion();
+    assert!(
+        since_grace_end().is_some_and(|t| t >= Duration::from_secs(max_hold)),
+        "forced before max_hold: {forced_at:?}"
+    );
     assert!(
         eventually(Duration::from_secs(5), || scrape(&listen, "keysync_retirements_forced_total", &["key=\"gw\""])
             == 1.0)

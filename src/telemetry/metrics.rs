@@ -309,6 +309,9 @@ mod tests {
         m.key_next_rotation_timestamp_seconds.get_or_create(&key).set(1.0);
         m.key_rotation_overdue.get_or_create(&key).set(0);
         m.validation_failures_total.get_or_create(&KeyReasonLabel { key: "k".into(), reason: "invalid".into() }).inc();
+        m.key_consumers.get_or_create(&KeyStateLabel { key: "k".into(), state: "current".into() }).set(1);
+        m.retirement_held.get_or_create(&key).set(0);
+        m.retirements_forced_total.get_or_create(&key).inc();
         m.track_health(Arc::new(Health::new(std::time::Duration::from_secs(10))));
         let text = m.encode();
         for name in METRIC_NAMES {
