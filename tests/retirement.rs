@@ -247,7 +247,8 @@ validate = false
     assert_eq!(scrape(&listen, "keysync_key_consumers", &["key=\"gw\"", "state=\"current\""]), 1.0);
 
     // max_hold runs out: retired (and revoked) anyway, and everything says why.
-    let retired = eventually(Duration::from_secs(grace + max_hold + 10), || read(&revoked).contains("id-initial")).await;
+    let retired =
+        eventually(Duration::from_secs(grace + max_hold + 10), || read(&revoked).contains("id-initial")).await;
     assert!(retired, "never forced\n{}", agent_a.log_text());
     let forced_at = since_promotion();
     assert!(
@@ -399,10 +400,8 @@ async fn two_keys_changed_together_run_their_shared_hook_once() {
     put(&writer, "alpha", "sk-burst-alpha-0-aaaaaaaaaaaaaaaa", &[]).await;
     put(&writer, "beta", "sk-burst-beta-0-bbbbbbbbbbbbbbbbb", &[]).await;
     let log = d.join("hook.log");
-    let hook = format!(
-        "command = [\"sh\", \"-c\", \"echo \\\"$KEYSYNC_KEYS\\\" >> {}\"]\nwait_min = \"1s\"\n",
-        log.display()
-    );
+    let hook =
+        format!("command = [\"sh\", \"-c\", \"echo \\\"$KEYSYNC_KEYS\\\" >> {}\"]\nwait_min = \"1s\"\n", log.display());
     let config = d.join("keysync.toml");
     std::fs::write(
         &config,
@@ -464,7 +463,10 @@ async fn two_keys_changed_together_restart_an_exec_child_once() {
     )
     .unwrap();
     // The child records a hash of the keys it started with (never the keys themselves).
-    let script = format!("printf '%s %s' \"$ALPHA_KEY\" \"$BETA_KEY\" | sha256sum | cut -c1-16 >> {}; exec sleep 600", starts.display());
+    let script = format!(
+        "printf '%s %s' \"$ALPHA_KEY\" \"$BETA_KEY\" | sha256sum | cut -c1-16 >> {}; exec sleep 600",
+        starts.display()
+    );
     let agent = Agent::start(&config, &server.addr, &server.root_token, &["exec", "--", "sh", "-c", &script], d);
     let hash = |a: &str, b: &str| {
         let out = Command::new("sh")

@@ -8,9 +8,9 @@
 use super::sync::{PassReport, Syncer};
 use crate::config::{parse_signal, ExecConfig, ExecOnChange};
 use crate::store::KeyName;
+use crate::store::SinkHold;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use crate::store::SinkHold;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -151,8 +151,7 @@ impl Child {
                 p.fingerprints = env.fingerprints.clone();
             }
             None => {
-                self.pending =
-                    Some(PendingChange { first: now, last: now, fingerprints: env.fingerprints.clone() })
+                self.pending = Some(PendingChange { first: now, last: now, fingerprints: env.fingerprints.clone() })
             }
         }
         if self.pending.as_ref().is_some_and(|p| self.due(p) > now) {

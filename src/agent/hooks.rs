@@ -202,7 +202,8 @@ mod tests {
         let a = KeyName::parse("a").unwrap();
         let b = KeyName::parse("b").unwrap();
         let c = KeyName::parse("c").unwrap();
-        let config = [(a.clone(), cfg("reload", 1)), (b.clone(), cfg("reload", 2)), (c.clone(), cfg("other", 1))].into();
+        let config =
+            [(a.clone(), cfg("reload", 1)), (b.clone(), cfg("reload", 2)), (c.clone(), cfg("other", 1))].into();
         let mut hooks = Hooks::new(config, Arc::new(Metrics::new()));
         hooks.changed(&a, 1, "sha256:a");
         hooks.changed(&b, 1, "sha256:b");

@@ -160,7 +160,9 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
         let hook_results = hooks.run_due().await;
         if cfg.agent.report_renders && first_done {
             let ack = consumer_report(&mut reporter, &syncer, &hooks, child.as_ref(), &hook_results);
-            let refresh = last_ack_at.elapsed() >= cfg.agent.full_sync_interval.get();
+            // Refreshed well within ack_ttl, so a healthy agent never reads as silent.
+            let every = cfg.agent.full_sync_interval.get().min(cfg.rotation.ack_ttl.get() / 2);
+            let refresh = last_ack_at.elapsed() >= every;
             if last_ack.as_ref() != Some(&ack) || refresh {
                 let kv = Kv::new(session.clone(), &cfg.kv.mount, &cfg.kv.prefix);
                 match kv.acks().report(&default_actor(), &ack).await {

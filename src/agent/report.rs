@@ -45,7 +45,8 @@ impl Reporter {
             Err(e) => {
                 let why = format!("on_change hook failed: {e}");
                 self.hook_failed.insert(key.clone(), why.clone());
-                let before = self.acked.get(key).cloned().or_else(|| disk.as_ref().map(|d| unknown(d))).unwrap_or_default();
+                let before =
+                    self.acked.get(key).cloned().or_else(|| disk.as_ref().map(|d| unknown(d))).unwrap_or_default();
                 let frozen = before.into_iter().map(|h| SinkHold { error: Some(why.clone()), ..h }).collect();
                 self.acked.insert(key.clone(), frozen);
             }

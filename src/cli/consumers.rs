@@ -67,9 +67,14 @@ pub async fn run(cfg: &Config, store: &KeyStore, name: &KeyName, output: Output)
                     };
                     let mut note = sink.error.clone().unwrap_or_default();
                     if c.holds_retirement && matches!(sink.holds, holds::Held::Previous | holds::Held::Unknown) {
-                        note = if note.is_empty() { "holds retirement".into() } else { format!("holds retirement; {note}") };
+                        note = if note.is_empty() {
+                            "holds retirement".into()
+                        } else {
+                            format!("holds retirement; {note}")
+                        };
                     }
-                    let (agent, when) = if i == 0 { (c.agent.clone(), reported.clone()) } else { (String::new(), String::new()) };
+                    let (agent, when) =
+                        if i == 0 { (c.agent.clone(), reported.clone()) } else { (String::new(), String::new()) };
                     t.add_row(vec![agent, when, sink.sink.clone(), sink.state.to_string(), holds, note]);
                 }
             }

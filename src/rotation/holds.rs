@@ -204,8 +204,12 @@ mod tests {
     }
 
     fn ack(at: DateTime<Utc>, fp: Option<&str>, error: Option<&str>) -> Ack {
-        let hold =
-            SinkHold { sink: "/k".into(), version: None, fingerprint: fp.map(Into::into), error: error.map(Into::into) };
+        let hold = SinkHold {
+            sink: "/k".into(),
+            version: None,
+            fingerprint: fp.map(Into::into),
+            error: error.map(Into::into),
+        };
         Ack { seen_at: Some(at), keys: Default::default(), sinks: [("gw".to_string(), vec![hold])].into() }
     }
 
@@ -263,7 +267,11 @@ mod tests {
     fn an_older_agents_report_counts_by_its_single_fingerprint() {
         let now = Utc::now();
         let r = record(now + chrono::Duration::seconds(3600));
-        let old = Ack { seen_at: Some(now), keys: [("gw".to_string(), "sha256:two".to_string())].into(), ..Default::default() };
+        let old = Ack {
+            seen_at: Some(now),
+            keys: [("gw".to_string(), "sha256:two".to_string())].into(),
+            ..Default::default()
+        };
         let c = consumers(&r, &[("old".to_string(), old)], now, TTL);
         assert_eq!(c[0].sinks[0].holds, Held::Current);
         assert_eq!(decide(&r, &c, now, HOLD), Retirement::Early);

@@ -168,7 +168,10 @@ mod tests {
         let current: BTreeMap<String, String> =
             [("a".to_string(), "sha256:new".to_string()), ("b".to_string(), "sha256:new".to_string())].into();
         let sinks: BTreeMap<String, Vec<SinkHold>> = [
-            ("a".to_string(), vec![hold("/x", Some("sha256:new"), None), hold("/y", Some("sha256:old"), Some("disk full"))]),
+            (
+                "a".to_string(),
+                vec![hold("/x", Some("sha256:new"), None), hold("/y", Some("sha256:old"), Some("disk full"))],
+            ),
             ("b".to_string(), vec![hold("/z", Some("sha256:new"), None)]),
         ]
         .into();
