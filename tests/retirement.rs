@@ -126,6 +126,18 @@ async fn wait_ack(admin: &support::Admin, id: &str, timeout: Duration, cond: imp
     None
 }
 
+/// The id of the (only) agent that reports to this server.
+async fn agent_id(admin: &support::Admin) -> Option<String> {
+    for _ in 0..200 {
+        let (_, list) = admin.try_read("secret/metadata/keysync/_acks?list=true").await;
+        if let Some(name) = list["data"]["keys"][0].as_str() {
+            return Some(name.to_string());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
 fn sink_of(ack: &Value, key: &str) -> Value {
     ack["sinks"][key][0].clone()
 }
@@ -332,16 +344,7 @@ grace = "1h"
     .unwrap();
     let mut agent = Agent::start(&config, &server.addr, &server.root_token, &["run"], d);
     // The agent's id is user@host: find it under _acks.
-    let mut agent_id = None;
-    for _ in 0..200 {
-        let (_, list) = admin.try_read("secret/metadata/keysync/_acks?list=true").await;
-        if let Some(name) = list["data"]["keys"][0].as_str() {
-            agent_id = Some(name.to_string());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let agent_id = agent_id.unwrap_or_else(|| panic!("no report\n{}", agent.log_text()));
+    let agent_id = agent_id(&admin).await.unwrap_or_else(|| panic!("no report\n{}", agent.log_text()));
     assert!(
         wait_ack(&admin, &agent_id, Duration::from_secs(10), |a| a["keys"]["gw"] == fp1.as_str()).await.is_some(),
         "{}",
@@ -420,9 +423,10 @@ async fn two_keys_changed_together_run_their_shared_hook_once() {
     let mut max_gap = Duration::ZERO;
     for i in 1..=runs {
         let (a, b) = (format!("sk-burst-alpha-{i}-aaaaaaaaaaaaaaaa"), format!("sk-burst-beta-{i}-bbbbbbbbbbbbbbbbb"));
-        let t0 = Instant::now();
         put(&writer, "alpha", &a, &[]).await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The second change lands 30 ms (plus one write) after the first one landed.
+        let t0 = Instant::now();
+        tokio::time::sleep(Duration::from_millis(30)).await;
         put(&writer, "beta", &b, &[]).await;
         max_gap = max_gap.max(t0.elapsed());
         assert!(
@@ -449,6 +453,7 @@ async fn two_keys_changed_together_run_their_shared_hook_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_keys_changed_together_restart_an_exec_child_once() {
     let server = DevServer::start();
+    let admin = server.admin();
     let writer = support::key_store(&server, &server.root_token, Duration::from_secs(3600), "test-writer").await;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -458,7 +463,7 @@ async fn two_keys_changed_together_restart_an_exec_child_once() {
     let config = d.join("keysync.toml");
     std::fs::write(
         &config,
-        "[agent]\npoll_interval = \"200ms\"\nlisten = \"off\"\n\
+        "[agent]\npoll_interval = \"200ms\"\nlisten = \"off\"\nreport_renders = true\n\
          [exec]\nenv = { ALPHA_KEY = \"alpha\", BETA_KEY = \"beta\" }\nwait_min = \"1s\"\nkill_timeout = \"2s\"\n",
     )
     .unwrap();
@@ -480,9 +485,10 @@ async fn two_keys_changed_together_restart_an_exec_child_once() {
     let mut max_gap = Duration::ZERO;
     for i in 1..=runs {
         let (a, b) = (format!("sk-exec-alpha-{i}-aaaaaaaaaaaaaaaaa"), format!("sk-exec-beta-{i}-bbbbbbbbbbbbbbbbbb"));
-        let t0 = Instant::now();
         put(&writer, "alpha", &a, &[]).await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The second change lands 30 ms (plus one write) after the first one landed.
+        let t0 = Instant::now();
+        tokio::time::sleep(Duration::from_millis(30)).await;
         put(&writer, "beta", &b, &[]).await;
         max_gap = max_gap.max(t0.elapsed());
         assert!(
@@ -493,6 +499,16 @@ async fn two_keys_changed_together_restart_an_exec_child_once() {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert_eq!(lines(&starts).len(), i + 1, "run {i}: the child restarted more than once");
         assert_eq!(lines(&starts).last().cloned(), Some(hash(&a, &b)), "run {i}: restarted without both new keys");
+        // The report names what the running child holds: the new keys, after the restart.
+        let id = agent_id(&admin).await.expect("the agent reports");
+        let (fa, fb) = (Secret::new(&a).fingerprint(), Secret::new(&b).fingerprint());
+        let acked = wait_ack(&admin, &id, Duration::from_secs(5), |r| {
+            sink_of(r, "alpha")["sink"] == "exec:ALPHA_KEY"
+                && sink_of(r, "alpha")["fingerprint"] == fa.as_str()
+                && sink_of(r, "beta")["fingerprint"] == fb.as_str()
+        })
+        .await;
+        assert!(acked.is_some(), "run {i}: the child's keys were not reported: {:#}", ack(&admin, &id).await);
     }
     assert!(max_gap < Duration::from_millis(100), "the two changes were {max_gap:?} apart");
     report::record(
@@ -500,5 +516,85 @@ async fn two_keys_changed_together_restart_an_exec_child_once() {
         "two keys changed ≤ 100 ms apart under keysync exec ([exec] wait_min 1 s)",
         runs,
         &format!("child restarted once per burst, with both new keys, in {runs} of {runs}"),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_stopped_reporting_does_not_hold_retirement() {
+    let server = DevServer::start();
+    let admin = server.admin();
+    let writer = support::key_store(&server, &server.root_token, Duration::from_secs(3600), "test-writer").await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    put(&writer, "gw", "sk-silent-initial-aaaaaaaaaaaaaa", &[]).await;
+    let fp1 = Secret::new("sk-silent-initial-aaaaaaaaaaaaaa").fingerprint();
+    let ack_ttl = 3u64;
+    let config = d.join("keysync.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\npoll_interval = \"300ms\"\nlisten = \"off\"\nreport_renders = true\n\
+             [rotation]\nack_ttl = \"{ack_ttl}s\"\nmax_hold = \"1h\"\n\
+             [[keys.gw.sinks]]\npath = \"{}/gw.key\"\n\
+             [keys.gw.provider]\ntype = \"generate\"\n[keys.gw.rotation]\ninterval = \"30d\"\ngrace = \"1s\"\n",
+            d.display()
+        ),
+    )
+    .unwrap();
+    let mut agent = PipedAgent::start(&config, &server.addr, &server.root_token, "agent-gone");
+    assert!(
+        wait_ack(&admin, "agent-gone", Duration::from_secs(10), |a| a["keys"]["gw"] == fp1.as_str()).await.is_some(),
+        "{}",
+        agent.log_text()
+    );
+    agent.set_fsize_limit(Some(1));
+    let cli = support::Cli::new(&server, &server.root_token, d);
+    let cfg = config.display().to_string();
+    cli.ok(&["--config", &cfg, "rotate", "gw", "--force"]);
+    let failed = wait_ack(&admin, "agent-gone", Duration::from_secs(10), |a| sink_of(a, "gw")["error"].is_string()).await;
+    assert!(failed.is_some(), "{}", agent.log_text());
+    // Grace (1 s) over, the agent still holds v1: held.
+    let mut consumers;
+    let held = {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            consumers = cli.json(&["--config", &cfg, "status", "gw", "--consumers"]);
+            if consumers["retirement"]["state"] == "held" || Instant::now() > deadline {
+                break consumers["retirement"]["state"] == "held";
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    assert!(held, "{consumers:#}");
+    cli.ok(&["--config", &cfg, "rotate", "gw"]);
+    assert_eq!(cli.json(&["status", "gw"])[0]["previous"]["version"], 1, "retired while a fresh agent holds it");
+
+    // The agent dies: once its report is older than ack_ttl it no longer counts.
+    let _ = agent.child.kill();
+    let _ = agent.child.wait();
+    let died = Instant::now();
+    let mut retired_after = None;
+    while died.elapsed() < Duration::from_secs(ack_ttl + 10) {
+        cli.ok(&["--config", &cfg, "rotate", "gw"]);
+        if cli.json(&["status", "gw"])[0]["previous"].is_null() {
+            retired_after = Some(died.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let retired_after = retired_after.expect("a silent agent still holds retirement");
+    let status = cli.json(&["status", "gw"]);
+    assert!(status[0]["forced_retirement"].is_null(), "retired by the rule, not forced: {status:#}");
+    let consumers = cli.json(&["--config", &cfg, "status", "gw", "--consumers"]);
+    assert_eq!(consumers["consumers"][0]["state"], "silent", "{consumers:#}");
+    assert_eq!(consumers["consumers"][0]["fresh"], false);
+    report::record(
+        "Retirement",
+        "an agent holding the previous key (failed sink) dies; ack_ttl 3 s, max_hold 1 h",
+        1,
+        &format!(
+            "held while it reported; retired {:.1} s after it died (its last report aged past ack_ttl), not forced",
+            retired_after.as_secs_f64()
+        ),
     );
 }
