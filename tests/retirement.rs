@@ -551,7 +551,8 @@ async fn an_agent_that_stopped_reporting_does_not_hold_retirement() {
     let cli = support::Cli::new(&server, &server.root_token, d);
     let cfg = config.display().to_string();
     cli.ok(&["--config", &cfg, "rotate", "gw", "--force"]);
-    let failed = wait_ack(&admin, "agent-gone", Duration::from_secs(10), |a| sink_of(a, "gw")["error"].is_string()).await;
+    let failed =
+        wait_ack(&admin, "agent-gone", Duration::from_secs(10), |a| sink_of(a, "gw")["error"].is_string()).await;
     assert!(failed.is_some(), "{}", agent.log_text());
     // Grace (1 s) over, the agent still holds v1: held.
     let mut consumers;

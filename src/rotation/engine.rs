@@ -398,7 +398,12 @@ impl Engine<'_> {
             return Ok(());
         }
         self.retire(plan, prev).await?;
-        if let Retirement::Forced { why, .. } = decision {
+        if let Retirement::Forced { by, why } = decision {
+            // Counted and logged once the retirement happened (a failed revoke is retried).
+            tracing::error!(key = %name, held_by = %by.join(" "), why = %why, "retired the previous key although agents still hold it: max_hold ran out; fix those agents' sinks or hooks");
+            if let Some(m) = self.metrics {
+                m.retirements_forced_total.get_or_create(&KeyLabel { key: name.to_string() }).inc();
+            }
             let note = format!("{why} (at {} by {})", self.clock.now().to_rfc3339(), self.store.actor());
             let noted = self
                 .store
@@ -467,12 +472,6 @@ impl Engine<'_> {
             }
             Retirement::Held { by, .. } => {
                 tracing::debug!(key = %name, held_by = %by.join(" "), "retirement still held");
-            }
-            Retirement::Forced { by, why } => {
-                tracing::error!(key = %name, held_by = %by.join(" "), why = %why, "retiring the previous key although agents still hold it: max_hold ran out; fix those agents' sinks or hooks");
-                if let Some(m) = self.metrics {
-                    m.retirements_forced_total.get_or_create(&label).inc();
-                }
             }
             _ => {}
         }
