@@ -599,3 +599,77 @@ async fn an_agent_that_stopped_reporting_does_not_hold_retirement() {
         ),
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn different_hooks_signalling_one_pid_signal_it_once_per_burst() {
+    let server = DevServer::start();
+    let writer = support::key_store(&server, &server.root_token, Duration::from_secs(3600), "test-writer").await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    put(&writer, "alpha", "sk-signal-alpha-0-aaaaaaaaaaaaaaa", &[]).await;
+    put(&writer, "beta", "sk-signal-beta-0-bbbbbbbbbbbbbbbb", &[]).await;
+    let (pid_file, signals, runs) = (d.join("app.pid"), d.join("signals.log"), d.join("runs.log"));
+    // The "app": counts the SIGUSR1s it gets.
+    let app = KillOnDrop(
+        Command::new("sh")
+            .args(["-c", &format!("trap 'echo usr1 >> {}' USR1; while :; do sleep 0.05; done", signals.display())])
+            .spawn()
+            .unwrap(),
+    );
+    std::fs::write(&pid_file, app.0.id().to_string()).unwrap();
+    let hook = |tag: &str, wait: &str| {
+        format!(
+            "command = [\"sh\", \"-c\", \"echo {tag} >> {}\"]\nsignal = \"SIGUSR1\"\npid_file = \"{}\"\nwait_min = \"{wait}\"\n",
+            runs.display(),
+            pid_file.display()
+        )
+    };
+    let config = d.join("keysync.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\npoll_interval = \"200ms\"\nlisten = \"off\"\n\
+             [[keys.alpha.sinks]]\npath = \"{d}/alpha.key\"\n[keys.alpha.on_change]\n{}\
+             [[keys.beta.sinks]]\npath = \"{d}/beta.key\"\n[keys.beta.on_change]\n{}",
+            hook("alpha", "1s"),
+            hook("beta", "1500ms"),
+            d = d.display()
+        ),
+    )
+    .unwrap();
+    let agent = Agent::start(&config, &server.addr, &server.root_token, &["run"], d);
+    let both_ran = |n: usize| {
+        let l = lines(&runs);
+        l.iter().filter(|x| *x == "alpha").count() == n && l.iter().filter(|x| *x == "beta").count() == n
+    };
+    assert!(eventually(Duration::from_secs(10), || both_ran(1)).await, "{}", agent.log_text());
+    assert!(eventually(Duration::from_secs(3), || lines(&signals).len() == 1).await, "{}", agent.log_text());
+    let bursts = support::report::scale(2, 10);
+    for i in 1..=bursts {
+        put(&writer, "alpha", &format!("sk-signal-alpha-{i}-aaaaaaaaaaaaaaa"), &[]).await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        put(&writer, "beta", &format!("sk-signal-beta-{i}-bbbbbbbbbbbbbbbb"), &[]).await;
+        assert!(eventually(Duration::from_secs(10), || both_ran(i + 1)).await, "burst {i}\n{}", agent.log_text());
+        // Both windows are over well within 2 s; a second signal would have arrived by then.
+        tokio::time::sleep(Duration::from_millis(2000)).await;
+        assert!(both_ran(i + 1), "burst {i}: a hook ran twice: {:?}", lines(&runs));
+        assert_eq!(lines(&signals).len(), i + 1, "burst {i}: the app was signalled more than once");
+    }
+    drop(app);
+    report::record(
+        "Retirement",
+        "two keys with different on_change commands signalling one pid (wait_min 1 s / 1.5 s), changed 30 ms apart",
+        bursts,
+        &format!("one SIGUSR1 per burst in {bursts} of {bursts}; each command ran once"),
+    );
+}
+
+/// A helper process, killed when the test ends (also on failure).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

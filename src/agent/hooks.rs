@@ -4,7 +4,8 @@
 //! The debounce is shared across keys: keys whose `on_change` is the same action (same argv,
 //! user, group, pass_env, signal and pid file) wait in one window and the action runs once for
 //! all of them, so an app whose keys change together restarts once. Within one round of due
-//! hooks a pid gets each signal once, even when several different hooks name it.
+//! hooks a pid gets each signal once, even when several different hooks name it; when one
+//! hook signalling a pid file falls due, the other pending hooks signalling it run with it.
 
 use crate::config::{parse_signal, OnChangeConfig};
 use crate::store::KeyName;
@@ -96,8 +97,20 @@ impl Hooks {
     /// (pid, signal) once. Returns how each key's hook ended.
     pub async fn run_due(&mut self) -> Vec<HookResult> {
         let now = Instant::now();
-        let due_ids: Vec<HookId> =
+        let mut due_ids: Vec<HookId> =
             self.pending.iter().filter(|(_, p)| self.due(p) <= now).map(|(id, _)| id.clone()).collect();
+        // A pid gets one signal per burst: other pending hooks signalling the same pid file
+        // run now too, instead of signalling it again when their own window ends.
+        let targets: BTreeSet<(String, PathBuf)> =
+            due_ids.iter().filter_map(|id| Some((id.signal.clone()?, id.pid_file.clone()?))).collect();
+        let joining: Vec<HookId> = self
+            .pending
+            .keys()
+            .filter(|id| !due_ids.contains(id))
+            .filter(|id| matches!((&id.signal, &id.pid_file), (Some(s), Some(p)) if targets.contains(&(s.clone(), p.clone()))))
+            .cloned()
+            .collect();
+        due_ids.extend(joining);
         let mut results = Vec::new();
         let mut signalled: BTreeSet<(i32, String)> = BTreeSet::new();
         for id in due_ids {
