@@ -5,8 +5,11 @@
 //!   retired anyway, and the rotating agent's metrics and `keysync status` say why;
 //! * a slow `on_change` hook: the agent reports the new key only after the hook finished, and
 //!   early retirement waits for that report;
-//! * two keys changed together with one shared hook run it once; `keysync exec` restarts its
-//!   child once;
+//! * an agent that stopped reporting stops holding retirement once its report is older than
+//!   `ack_ttl` (retired by the rule, not forced);
+//! * two keys changed together with one shared hook run it once; different hooks signalling
+//!   one pid signal it once; `keysync exec` restarts its child once, and reports the keys the
+//!   child got only after the restart;
 //! * `keysync status NAME --consumers`, text and JSON.
 
 mod support;
