@@ -129,6 +129,26 @@ async fn wait_ack(admin: &support::Admin, id: &str, timeout: Duration, cond: imp
     None
 }
 
+/// Puts `alpha` = `a` and, 30 ms after starting that, `beta` = `b`; returns how far apart the
+/// two writes landed.
+async fn change_both(writer: &KeyStore, a: &str, b: &str) -> Duration {
+    let first = async {
+        put(writer, "alpha", a, &[]).await;
+        Instant::now()
+    };
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        put(writer, "beta", b, &[]).await;
+        Instant::now()
+    };
+    let (ta, tb) = tokio::join!(first, second);
+    if ta > tb {
+        ta - tb
+    } else {
+        tb - ta
+    }
+}
+
 /// The id of the (only) agent that reports to this server.
 async fn agent_id(admin: &support::Admin) -> Option<String> {
     for _ in 0..200 {
@@ -426,12 +446,7 @@ async fn two_keys_changed_together_run_their_shared_hook_once() {
     let mut max_gap = Duration::ZERO;
     for i in 1..=runs {
         let (a, b) = (format!("sk-burst-alpha-{i}-aaaaaaaaaaaaaaaa"), format!("sk-burst-beta-{i}-bbbbbbbbbbbbbbbbb"));
-        put(&writer, "alpha", &a, &[]).await;
-        // The second change lands 30 ms (plus one write) after the first one landed.
-        let t0 = Instant::now();
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        put(&writer, "beta", &b, &[]).await;
-        max_gap = max_gap.max(t0.elapsed());
+        max_gap = max_gap.max(change_both(&writer, &a, &b).await);
         assert!(
             eventually(Duration::from_secs(10), || lines(&log).len() == i + 1).await,
             "run {i}: hook did not run\n{}",
@@ -444,10 +459,12 @@ async fn two_keys_changed_together_run_their_shared_hook_once() {
         assert_eq!(lines(&log).len(), i + 1, "run {i}: the shared hook ran more than once: {:?}", lines(&log));
         assert_eq!(lines(&log).last().map(String::as_str), Some("alpha beta"));
     }
-    assert!(max_gap < Duration::from_millis(100), "the two changes were {max_gap:?} apart");
+    // Under load a write can take longer; one run is promised while the second change is
+    // seen (gap + one 200 ms poll) within the first one's wait_min.
+    assert!(max_gap < Duration::from_millis(700), "the two changes were {max_gap:?} apart");
     report::record(
         "Retirement",
-        "two keys changed ≤ 100 ms apart, one shared on_change hook (wait_min 1 s)",
+        "two keys changed ~30 ms apart, one shared on_change hook (wait_min 1 s)",
         runs,
         &format!("hook ran once per burst in {runs} of {runs} (changes up to {} ms apart)", max_gap.as_millis()),
     );
@@ -488,12 +505,7 @@ async fn two_keys_changed_together_restart_an_exec_child_once() {
     let mut max_gap = Duration::ZERO;
     for i in 1..=runs {
         let (a, b) = (format!("sk-exec-alpha-{i}-aaaaaaaaaaaaaaaaa"), format!("sk-exec-beta-{i}-bbbbbbbbbbbbbbbbbb"));
-        put(&writer, "alpha", &a, &[]).await;
-        // The second change lands 30 ms (plus one write) after the first one landed.
-        let t0 = Instant::now();
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        put(&writer, "beta", &b, &[]).await;
-        max_gap = max_gap.max(t0.elapsed());
+        max_gap = max_gap.max(change_both(&writer, &a, &b).await);
         assert!(
             eventually(Duration::from_secs(10), || lines(&starts).len() == i + 1).await,
             "run {i}: child not restarted\n{}",
@@ -513,12 +525,17 @@ async fn two_keys_changed_together_restart_an_exec_child_once() {
         .await;
         assert!(acked.is_some(), "run {i}: the child's keys were not reported: {:#}", ack(&admin, &id).await);
     }
-    assert!(max_gap < Duration::from_millis(100), "the two changes were {max_gap:?} apart");
+    // Under load a write can take longer; one run is promised while the second change is
+    // seen (gap + one 200 ms poll) within the first one's wait_min.
+    assert!(max_gap < Duration::from_millis(700), "the two changes were {max_gap:?} apart");
     report::record(
         "Retirement",
-        "two keys changed ≤ 100 ms apart under keysync exec ([exec] wait_min 1 s)",
+        "two keys changed ~30 ms apart under keysync exec ([exec] wait_min 1 s)",
         runs,
-        &format!("child restarted once per burst, with both new keys, in {runs} of {runs}"),
+        &format!(
+            "child restarted once per burst, with both new keys, in {runs} of {runs} (changes up to {} ms apart)",
+            max_gap.as_millis()
+        ),
     );
 }
 
