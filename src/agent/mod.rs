@@ -103,7 +103,6 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
 
     let mut full = true;
     let mut failures: u32 = 0;
-    let mut last_full = Instant::now();
     let mut first_done = false;
     let mut reporter = report::Reporter::default();
     let mut last_ack: Option<crate::store::Ack> = None;
@@ -119,9 +118,6 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
         match result {
             Ok(report) => {
                 failures = 0;
-                if full {
-                    last_full = Instant::now();
-                }
                 full = false;
                 health.sync_ok();
                 metrics.last_successful_sync_timestamp_seconds.set(chrono::Utc::now().timestamp() as f64);
@@ -161,8 +157,7 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
         if cfg.agent.report_renders && first_done {
             let ack = consumer_report(&mut reporter, &syncer, &hooks, child.as_ref(), &hook_results);
             // Refreshed well within ack_ttl, so a healthy agent never reads as silent.
-            let every = cfg.agent.full_sync_interval.get().min(cfg.rotation.ack_ttl.get() / 2);
-            let refresh = last_ack_at.elapsed() >= every;
+            let refresh = last_ack_at.elapsed() >= cfg.rotation.ack_ttl.get() / 2;
             if last_ack.as_ref() != Some(&ack) || refresh {
                 let kv = Kv::new(session.clone(), &cfg.kv.mount, &cfg.kv.prefix);
                 match kv.acks().report(&default_actor(), &ack).await {
@@ -188,9 +183,6 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
         }
         for due in [hooks.next_due(), child.as_ref().and_then(|c| c.next_due())].into_iter().flatten() {
             wait = wait.min(due.saturating_duration_since(Instant::now()));
-        }
-        if last_full.elapsed() >= cfg.agent.full_sync_interval.get() {
-            full = true;
         }
         let child_exit = async {
             match child.as_mut() {

@@ -47,7 +47,8 @@ pub struct AgentConfig {
     /// How often to look for changes (one Vault request per poll); each wait is up to 10% shorter
     /// (jitter spreads agents, never delays a change beyond one interval).
     pub poll_interval: HumanDuration,
-    /// How often to re-read every key's metadata, catching changes made outside keysync.
+    /// Every key's metadata is re-read once per this interval, a few keys each poll, catching
+    /// changes the index did not announce (edited by hand, or a writer that died in between).
     pub full_sync_interval: HumanDuration,
     /// Address of /metrics, /healthz, /readyz; "off" disables the endpoint.
     pub listen: String,
@@ -64,7 +65,7 @@ impl Default for AgentConfig {
     fn default() -> Self {
         AgentConfig {
             poll_interval: HumanDuration::from_secs(10),
-            full_sync_interval: HumanDuration::from_secs(300),
+            full_sync_interval: HumanDuration::from_secs(3600),
             listen: "127.0.0.1:9464".into(),
             rotate: false,
             rotation_check_interval: HumanDuration::from_secs(60),
@@ -169,7 +170,7 @@ pub struct RotationConfig {
     /// pending once it is this old (its writer crashed); younger, its writer is still at work.
     pub adopt_after: HumanDuration,
     /// Render reports older than this are ignored (the agent is gone); reporting agents
-    /// refresh theirs at every full sync.
+    /// refresh theirs every `ack_ttl` / 2.
     pub ack_ttl: HumanDuration,
     /// How long past grace a previous key may stay unretired because a fresh agent still
     /// holds it; then it is retired anyway (logged, counted, shown by `status`).
