@@ -116,7 +116,7 @@ pub fn consumers(record: &KeyRecord, acks: &[(String, Ack)], now: DateTime<Utc>,
     for (agent, ack) in acks {
         let Some(holds) = ack.holdings(record.name.as_str()) else { continue };
         let fresh = ack.seen_at.is_some_and(|t| now - t < ttl);
-        let sinks: Vec<ConsumerSink> = holds.into_iter().map(|h| classify(h, current, previous)).collect();
+        let sinks: Vec<ConsumerSink> = holds.into_iter().map(|h| classify(h, record, current, previous)).collect();
         let holds_retirement =
             fresh && s.previous.is_some() && sinks.iter().any(|c| matches!(c.holds, Held::Previous | Held::Unknown));
         out.push(Consumer { agent: agent.clone(), reported_at: ack.seen_at, fresh, holds_retirement, sinks });
@@ -124,7 +124,7 @@ pub fn consumers(record: &KeyRecord, acks: &[(String, Ack)], now: DateTime<Utc>,
     out
 }
 
-fn classify(h: SinkHold, current: Option<&String>, previous: Option<&String>) -> ConsumerSink {
+fn classify(h: SinkHold, record: &KeyRecord, current: Option<&String>, previous: Option<&String>) -> ConsumerSink {
     let holds = match &h.fingerprint {
         None => Held::Unknown,
         Some(fp) if Some(fp) == current => Held::Current,
@@ -135,7 +135,12 @@ fn classify(h: SinkHold, current: Option<&String>, previous: Option<&String>) ->
         state: if h.error.is_some() { "failed" } else { holds.as_str() },
         sink: h.sink,
         holds,
-        version: h.version,
+        // A report without the version (a fully switched key, an older agent): the version
+        // whose recorded fingerprint it is.
+        version: h.version.or_else(|| {
+            let fp = h.fingerprint.as_ref()?;
+            record.state.fingerprints.iter().find(|(_, f)| *f == fp).map(|(v, _)| *v)
+        }),
         fingerprint: h.fingerprint,
         error: h.error,
     }

@@ -3,14 +3,19 @@
 //! to. Retirement of a previous key then waits for consumers to switch instead of only for
 //! the clock, and `keysync status NAME --consumers` shows the fleet.
 //!
-//! Two layouts are read. The first (every keysync before `sinks` existed) has only `keys`:
-//! key → the fingerprint rendered by *all* of the agent's sinks of that key, the key left out
-//! when one of them failed. The second adds `sinks`: key → one entry per sink (and per exec
-//! variable) with what it holds *as loaded by the consumer* (reported only after the key's
-//! `on_change` hook or exec restart finished) and the sink's last error. Its `keys` entry is
-//! the current key's fingerprint only when every sink holds it, else the fingerprint (or
-//! `unknown`) of what some sink still holds, so an older keysync deciding on `keys` alone
-//! keeps waiting for that agent instead of retiring early.
+//! `keys` lists every key the agent is bound to (a sink or exec variable renders it): key →
+//! the current key's fingerprint when every sink holds it *as loaded by the consumer*
+//! (reported only after the key's `on_change` hook or exec restart finished), else the
+//! fingerprint (or `unknown`) of what some sink still holds. `sinks` details, for the keys
+//! where some sink lags or failed, one entry per sink (and per exec variable) with what it
+//! holds and its last error; keys that are fully switched stay out of it, so a report is
+//! about as small as the fingerprints alone (one Vault entry per agent, far below 1 MiB even
+//! with thousands of keys).
+//!
+//! Reports of older keysyncs have only `keys`, with the key left out when one of its sinks
+//! failed; they are read the same way (a key in `keys` only: every sink holds that
+//! fingerprint). Older deciders reading a new report see a lagging agent's `keys` entry
+//! differ from the current fingerprint and keep waiting for it instead of retiring early.
 
 use crate::vault::{Request, Session, VaultError};
 use chrono::{DateTime, Utc};
@@ -23,10 +28,11 @@ use std::sync::Arc;
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Ack {
     pub seen_at: Option<DateTime<Utc>>,
-    /// key name → fingerprint every sink of the key holds (see the module doc).
+    /// key name → fingerprint every sink of the key holds, for every bound key (see the
+    /// module doc).
     #[serde(default)]
     pub keys: BTreeMap<String, String>,
-    /// key name → what each sink bound to it holds (second layout; empty from older agents).
+    /// key name → what each sink bound to it holds, for keys where some sink lags or failed.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sinks: BTreeMap<String, Vec<SinkHold>>,
 }
@@ -47,8 +53,8 @@ pub struct SinkHold {
     pub error: Option<String>,
 }
 
-/// The sink name an older agent's `keys` entry is shown under.
-pub const LEGACY_SINK: &str = "(every sink; older keysync)";
+/// The sink name a key listed only in `keys` is shown under.
+pub const EVERY_SINK: &str = "(every sink)";
 
 /// The `keys` value for a key whose sinks hold nothing known.
 pub const UNKNOWN_FINGERPRINT: &str = "unknown";
@@ -56,33 +62,34 @@ pub const UNKNOWN_FINGERPRINT: &str = "unknown";
 impl Ack {
     /// Builds a report from what each key's sinks hold; `current` gives each key's current
     /// fingerprint as this agent last read it (for the `keys` summary).
-    pub fn from_holdings(sinks: BTreeMap<String, Vec<SinkHold>>, current: &BTreeMap<String, String>) -> Ack {
+    pub fn from_holdings(holdings: BTreeMap<String, Vec<SinkHold>>, current: &BTreeMap<String, String>) -> Ack {
         let mut keys = BTreeMap::new();
-        for (name, holds) in &sinks {
-            let cur = current.get(name);
+        let mut sinks = BTreeMap::new();
+        for (name, holds) in holdings {
+            let cur = current.get(&name);
             let lagging = holds.iter().find(|h| h.error.is_some() || h.fingerprint.as_ref() != cur);
             let summary = match (lagging, cur) {
                 (None, Some(c)) => c.clone(),
                 (Some(h), _) => h.fingerprint.clone().unwrap_or_else(|| UNKNOWN_FINGERPRINT.into()),
                 (None, None) => UNKNOWN_FINGERPRINT.into(),
             };
-            keys.insert(name.clone(), summary);
+            if lagging.is_some() || cur.is_none() {
+                sinks.insert(name.clone(), holds);
+            }
+            keys.insert(name, summary);
         }
         Ack { seen_at: None, keys, sinks }
     }
 
-    /// What this agent's sinks of `key` hold, in either layout; `None` when the agent is not
-    /// known to be bound to the key (an older agent leaves out a key whose sink failed).
+    /// What this agent's sinks of `key` hold; `None` when the agent is not known to be bound
+    /// to the key (an older agent leaves out a key whose sink failed).
     pub fn holdings(&self, key: &str) -> Option<Vec<SinkHold>> {
         if let Some(h) = self.sinks.get(key) {
             return Some(h.clone());
         }
-        if !self.sinks.is_empty() {
-            return None; // second layout: every bound key is listed in `sinks`
-        }
         self.keys.get(key).map(|fp| {
             vec![SinkHold {
-                sink: LEGACY_SINK.into(),
+                sink: EVERY_SINK.into(),
                 version: None,
                 fingerprint: (fp != UNKNOWN_FINGERPRINT).then(|| fp.clone()),
                 error: None,
@@ -159,7 +166,7 @@ mod tests {
     fn an_older_agents_report_reads_as_one_sink_and_a_missing_key_as_unbound() {
         let old: Ack =
             serde_json::from_value(json!({"seen_at": "2026-12-01T00:00:00Z", "keys": {"gw": "sha256:aa"}})).unwrap();
-        assert_eq!(old.holdings("gw"), Some(vec![hold(LEGACY_SINK, Some("sha256:aa"), None)]));
+        assert_eq!(old.holdings("gw"), Some(vec![hold(EVERY_SINK, Some("sha256:aa"), None)]));
         assert_eq!(old.holdings("other"), None);
     }
 
@@ -178,8 +185,10 @@ mod tests {
         let ack = Ack::from_holdings(sinks, &current);
         assert_eq!(ack.keys["a"], "sha256:old");
         assert_eq!(ack.keys["b"], "sha256:new");
+        assert!(!ack.sinks.contains_key("b"), "a fully switched key is not detailed");
         let round: Ack = serde_json::from_value(serde_json::to_value(&ack).unwrap()).unwrap();
         assert_eq!(round.holdings("a").unwrap().len(), 2);
-        assert_eq!(round.holdings("c"), None, "a key not in `sinks` is not bound");
+        assert_eq!(round.holdings("b"), Some(vec![hold(EVERY_SINK, Some("sha256:new"), None)]));
+        assert_eq!(round.holdings("c"), None, "a key in neither map is not bound");
     }
 }
