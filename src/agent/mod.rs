@@ -49,6 +49,7 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
     }
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new(cfg.agent.poll_interval.get()));
+    health.set_sink_failure_threshold(cfg.agent.unready_after_sink_failures);
     metrics.track_health(health.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
@@ -120,6 +121,7 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
                 failures = 0;
                 full = false;
                 health.sync_ok();
+                health.sinks_rendered(&report.failure_reasons);
                 metrics.last_successful_sync_timestamp_seconds.set(chrono::Utc::now().timestamp() as f64);
                 if !first_done {
                     first_done = true;
@@ -196,7 +198,10 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
                 tracing::info!("SIGHUP: reloading the config");
                 match config::load(source) {
                     Ok(new_cfg) => match build(&new_cfg, &session, &metrics) {
-                        Ok((s, h)) => { syncer = s; hooks = h; cfg = new_cfg; full = true; }
+                        Ok((s, h)) => {
+                            health.set_sink_failure_threshold(new_cfg.agent.unready_after_sink_failures);
+                            syncer = s; hooks = h; cfg = new_cfg; full = true;
+                        }
                         Err(e) => tracing::error!(error = %e, "new config has a bad sink; keeping the old config"),
                     },
                     Err(e) => tracing::error!(error = %e, "new config is invalid; keeping the old config"),

@@ -50,6 +50,8 @@ pub struct PassReport {
     /// Sinks that failed or kept a stale file because a key was missing.
     pub failed_sinks: Vec<String>,
     pub missing_sinks: Vec<String>,
+    /// Why each sink in `failed_sinks` failed (the render error), for `/readyz`.
+    pub failure_reasons: BTreeMap<String, String>,
 }
 
 /// The sync state of one agent.
@@ -233,6 +235,7 @@ impl Syncer {
                 let age = (now - since).num_milliseconds().max(0) as f64 / 1000.0;
                 self.metrics.key_age_seconds.get_or_create(&KeyLabel { key: name.to_string() }).set(age);
             }
+            self.update_expiry_metric(name, c, now);
         }
         Ok(self.render_all())
     }
@@ -330,8 +333,30 @@ impl Syncer {
 
     fn update_key_metrics(&self, name: &KeyName, key: &CachedKey) {
         let label = KeyLabel { key: name.to_string() };
-        if let Some((v, _, _)) = &key.current {
+        if let Some((v, _, fields)) = &key.current {
             self.metrics.key_current_version.get_or_create(&label).set(*v as i64);
+            if let Some(text) = fields.get("expires_at") {
+                if chrono::DateTime::parse_from_rfc3339(text).is_err() {
+                    tracing::warn!(key = %name, version = *v, expires_at = %text, "the key's expires_at field is not an RFC 3339 time (like 2027-01-31T00:00:00Z); keysync_key_expires_in_seconds is not exported for it");
+                }
+            }
+        }
+    }
+
+    /// `keysync_key_expires_in_seconds` from the current key's `expires_at` field, refreshed
+    /// every pass (so it is at most one poll old). A key without the field exports nothing; a
+    /// key whose field is not RFC 3339 exports nothing and is reported when read.
+    fn update_expiry_metric(&self, name: &KeyName, key: &CachedKey, now: chrono::DateTime<Utc>) {
+        let label = KeyLabel { key: name.to_string() };
+        let expires = key.current.as_ref().and_then(|(_, _, fields)| fields.get("expires_at"));
+        match expires.map(|text| chrono::DateTime::parse_from_rfc3339(text)) {
+            Some(Ok(at)) => {
+                let left = (at.with_timezone(&Utc) - now).num_milliseconds() as f64 / 1000.0;
+                self.metrics.key_expires_in_seconds.get_or_create(&label).set(left);
+            }
+            Some(Err(_)) | None => {
+                self.metrics.key_expires_in_seconds.remove(&label);
+            }
         }
     }
 
@@ -440,6 +465,7 @@ impl Syncer {
                 Err(e) => {
                     log_render_error(&b.label, &e);
                     b.error = Some(short_error(&e.to_string()));
+                    report.failure_reasons.insert(b.label.clone(), e.to_string());
                     report.failed_sinks.push(b.label.clone());
                     b.rendered = None;
                 }

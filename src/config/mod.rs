@@ -59,6 +59,9 @@ pub struct AgentConfig {
     /// Record the fingerprints this agent rendered under `<prefix>/_acks/<agent-id>`, so a
     /// previous key is retired once every reporting agent switched (or grace ends).
     pub report_renders: bool,
+    /// `/readyz` answers 503 (naming the sink and its error) once a sink has failed this many
+    /// passes in a row; 0 = sink failures never make the agent unready.
+    pub unready_after_sink_failures: u32,
 }
 
 impl Default for AgentConfig {
@@ -70,6 +73,7 @@ impl Default for AgentConfig {
             rotate: false,
             rotation_check_interval: HumanDuration::from_secs(60),
             report_renders: false,
+            unready_after_sink_failures: 3,
         }
     }
 }
