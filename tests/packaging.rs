@@ -357,6 +357,7 @@ fn alerts_use_only_exported_metrics_and_cover_the_failure_modes() {
         "KeysyncValidationFailures",
         "KeysyncAgentNotReady",
         "KeysyncTokenTTLLow",
+        "KeysyncRetirementHeld",
         "KeysyncKeyExpiresSoon",
         "KeysyncKeyExpired",
     ] {

@@ -42,6 +42,12 @@ pub struct KeyReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyStateLabel {
+    pub key: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VaultLabel {
     op: String,
     status: String,
@@ -67,6 +73,9 @@ pub struct Metrics {
     pub key_next_rotation_timestamp_seconds: Family<KeyLabel, FloatGauge>,
     pub key_rotation_overdue: Family<KeyLabel, Gauge>,
     pub validation_failures_total: Family<KeyReasonLabel, Counter>,
+    pub key_consumers: Family<KeyStateLabel, Gauge>,
+    pub retirement_held: Family<KeyLabel, Gauge>,
+    pub retirements_forced_total: Family<KeyLabel, Counter>,
     pub key_expires_in_seconds: Family<KeyLabel, FloatGauge>,
     vault_clients: Arc<Mutex<Vec<VaultClient>>>,
     health: Arc<Mutex<Option<Arc<Health>>>>,
@@ -88,6 +97,9 @@ pub const METRIC_NAMES: &[&str] = &[
     "keysync_key_next_rotation_timestamp_seconds",
     "keysync_key_rotation_overdue",
     "keysync_validation_failures_total",
+    "keysync_key_consumers",
+    "keysync_retirement_held",
+    "keysync_retirements_forced_total",
     "keysync_key_expires_in_seconds",
     "keysync_vault_requests_total",
     "keysync_ready",
@@ -117,6 +129,9 @@ impl Metrics {
             key_next_rotation_timestamp_seconds: Family::default(),
             key_rotation_overdue: Family::default(),
             validation_failures_total: Family::default(),
+            key_consumers: Family::default(),
+            retirement_held: Family::default(),
+            retirements_forced_total: Family::default(),
             key_expires_in_seconds: Family::default(),
             vault_clients: Arc::new(Mutex::new(Vec::new())),
             health: Arc::new(Mutex::new(None)),
@@ -184,6 +199,21 @@ impl Metrics {
             "keysync_validation_failures",
             "Key validations that failed, by reason",
             m.validation_failures_total.clone(),
+        );
+        r.register(
+            "keysync_key_consumers",
+            "Agents reporting a key, by what their sinks hold (current, previous, stale, unknown, failed, silent); rotating agents, during grace",
+            m.key_consumers.clone(),
+        );
+        r.register(
+            "keysync_retirement_held",
+            "1 while a previous key's grace is over but a fresh agent still holds it (retirement waits, up to max_hold)",
+            m.retirement_held.clone(),
+        );
+        r.register(
+            "keysync_retirements_forced",
+            "Previous keys retired past max_hold although an agent still held them",
+            m.retirements_forced_total.clone(),
         );
         r.register(
             "keysync_key_expires_in_seconds",
@@ -323,6 +353,9 @@ mod tests {
         m.key_next_rotation_timestamp_seconds.get_or_create(&key).set(1.0);
         m.key_rotation_overdue.get_or_create(&key).set(0);
         m.validation_failures_total.get_or_create(&KeyReasonLabel { key: "k".into(), reason: "invalid".into() }).inc();
+        m.key_consumers.get_or_create(&KeyStateLabel { key: "k".into(), state: "current".into() }).set(1);
+        m.retirement_held.get_or_create(&key).set(0);
+        m.retirements_forced_total.get_or_create(&key).inc();
         m.key_expires_in_seconds.get_or_create(&key).set(60.0);
         m.track_health(Arc::new(Health::new(std::time::Duration::from_secs(10))));
         let text = m.encode();
