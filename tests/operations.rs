@@ -431,9 +431,13 @@ path = "{0}/out/odd.key"
     assert!(
         eventually(Duration::from_secs(10), || {
             let m = scrape();
+            // The version gauge is set when the key is read and the render counted after the
+            // write, within one pass: wait for both.
             sample(&m, "keysync_key_current_version{key=\"openai\"}") == Some(2.0)
                 && sample(&m, "keysync_key_next_rotation_timestamp_seconds{key=\"openai\"}")
                     .is_some_and(|n| (n - (rotated + 3600.0)).abs() <= 3.0)
+                && sample(&m, &format!("keysync_sink_render_total{{sink=\"{openai_sink}\",result=\"written\"}}"))
+                    == Some(2.0)
         })
         .await,
         "{}",
