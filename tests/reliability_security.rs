@@ -612,3 +612,13 @@ async fn a_user_switch_without_root_is_refused_clearly() {
         "refused at config load: exit 2, names keys.openai.on_change, says it needs root and how to fix",
     );
 }
+
+#[test]
+fn the_leak_check_finds_nine_characters_of_a_secret_and_passes_eight() {
+    let secret = "sk-leakcheck-Zq81xYw3Vb7T";
+    support::leak::register(secret);
+    support::leak::check("a mask sk-leakc…vb7T shows at most eight", "a masked line");
+    let nine = &secret[13..22];
+    let caught = std::panic::catch_unwind(|| support::leak::check(&format!("log: ää {nine} ää"), "a leaking line"));
+    assert!(caught.is_err(), "nine characters of a known secret must fail the check");
+}
