@@ -686,3 +686,67 @@ async fn futures_join_all<F: std::future::Future>(futures: impl IntoIterator<Ite
     .await;
     out.into_iter().map(|o| o.expect("every future finished")).collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vault_outage_is_one_rotation_warning_not_one_per_key_per_check() {
+    let keys = 10;
+    let server = DevServer::start();
+    let proxy = FaultProxy::start(&server.addr).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let names: Vec<String> = (0..keys).map(|i| format!("gw{i:02}")).collect();
+    let mut body = String::from(
+        "[agent]\npoll_interval = \"200ms\"\nlisten = \"off\"\nrotate = true\nrotation_check_interval = \"200ms\"\n",
+    );
+    for name in &names {
+        body.push_str(&format!(
+            "[keys.{name}.provider]\ntype = \"generate\"\n[keys.{name}.rotation]\ninterval = \"30d\"\n\
+             [[keys.{name}.sinks]]\npath = \"{}/{name}.key\"\n",
+            d.display()
+        ));
+    }
+    let cfg = d.join("agent.toml");
+    std::fs::write(&cfg, &body).unwrap();
+    let agent = support::Agent::start(&cfg, &proxy.addr, &server.root_token, &["run"], d);
+    // The agent creates every key (absent: due) and renders them.
+    assert!(
+        eventually(Duration::from_secs(30), || names.iter().all(|n| d.join(format!("{n}.key")).exists())).await,
+        "keys not created and rendered: {}",
+        agent.log_text()
+    );
+    let before = agent.log_text().len();
+    let outage = Duration::from_secs(5);
+    proxy.set(Mode::Cut);
+    tokio::time::sleep(outage).await;
+    proxy.set(Mode::Pass);
+    assert!(
+        eventually(Duration::from_secs(10), || agent.log_text()[before..]
+            .contains("Vault reachable again; rotation resumed"))
+        .await,
+        "no recovery line: {}",
+        &agent.log_text()[before..]
+    );
+    let log = agent.log_text()[before..].to_string();
+    let rotation_warnings: Vec<&str> = log.lines().filter(|l| l.contains(" WARN ") && l.contains("rotation")).collect();
+    assert_eq!(rotation_warnings.len(), 1, "one warning per outage: {rotation_warnings:#?}");
+    assert!(rotation_warnings[0].contains("rotation paused: Vault cannot be reached"), "{rotation_warnings:?}");
+    assert!(!log.contains("rotation step failed"), "{log}");
+    let recovered: Vec<&str> = log.lines().filter(|l| l.contains("Vault reachable again")).collect();
+    assert_eq!(recovered.len(), 1, "{recovered:?}");
+    let failures = recovered[0]
+        .split("failures=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(failures >= keys as u64, "the recovery line counts the failed steps: {}", recovered[0]);
+    drop(agent);
+    report::record(
+        "Faults",
+        &format!("{}-s Vault outage under a rotating agent with {keys} keys, rotation check every 200 ms", outage.as_secs()),
+        1,
+        &format!(
+            "1 rotation warning (\"rotation paused\") and 1 recovery line counting {failures} failed steps, instead of one warning per key per check ({failures} lines before)"
+        ),
+    );
+}
