@@ -283,8 +283,11 @@ fn start_agent(server: &DevServer, dir: &Path, id: &str, body: &str, env: &[(&st
     RunningAgent { agent: support::Agent { child: cmd.spawn().unwrap(), log }, listen }
 }
 
+/// A version and its key id.
+type Versioned = Option<(u64, String)>;
+
 /// Current and previous version and their key ids (a cheap look for a tight watcher loop).
-async fn look_live(store: &KeyStore, n: &KeyName) -> Option<(Option<(u64, String)>, Option<(u64, String)>)> {
+async fn look_live(store: &KeyStore, n: &KeyName) -> Option<(Versioned, Versioned)> {
     let r = store.require(n).await.ok()?;
     let mut out = Vec::new();
     for v in [r.state.current, r.state.previous] {
@@ -330,17 +333,16 @@ async fn rotating_agents_with_lost_answers_count_each_promotion_once_and_never_u
     let mut ever_current: BTreeMap<u64, String> = BTreeMap::new();
     let mut observations = 0u64;
     let deadline = Instant::now() + Duration::from_secs(if report::full() { 300 } else { 90 });
-    let watch = |ever_current: &mut BTreeMap<u64, String>,
-                 observations: &mut u64,
-                 live: Option<(Option<(u64, String)>, Option<(u64, String)>)>| {
-        let Some((current, _previous)) = live else { return };
-        let revoked: BTreeSet<String> = lines(d, "revoked").into_iter().collect();
-        if let Some((v, id)) = current {
-            assert!(!revoked.contains(&id), "current v{v} ({id}) was revoked");
-            ever_current.insert(v, id);
-        }
-        *observations += 1;
-    };
+    let watch =
+        |ever_current: &mut BTreeMap<u64, String>, observations: &mut u64, live: Option<(Versioned, Versioned)>| {
+            let Some((current, _previous)) = live else { return };
+            let revoked: BTreeSet<String> = lines(d, "revoked").into_iter().collect();
+            if let Some((v, id)) = current {
+                assert!(!revoked.contains(&id), "current v{v} ({id}) was revoked");
+                ever_current.insert(v, id);
+            }
+            *observations += 1;
+        };
     while ever_current.keys().filter(|v| **v > 1).count() < want {
         assert!(
             Instant::now() < deadline,
