@@ -107,11 +107,6 @@ impl Memory {
     fn is_accounted(&self, name: &KeyName, intent: &str) -> bool {
         self.accounted.lock().unwrap_or_else(|e| e.into_inner()).get(name).is_some_and(|i| i == intent)
     }
-
-    /// Whether a minted key of `name` is still unsettled (its fate unknown to this process).
-    pub fn has_unsettled(&self, name: &KeyName) -> bool {
-        self.unsettled.lock().unwrap_or_else(|e| e.into_inner()).contains_key(name)
-    }
 }
 
 pub struct Engine<'a> {
@@ -208,7 +203,8 @@ impl Engine<'_> {
         let mut record = record;
         if !force && self.wait_start_jitter().await {
             let fresh = self.store.require(name).await?;
-            if fresh.meta.current_version != record.meta.current_version || fresh.state.pending.is_some() {
+            if fresh.meta.current_version != record.meta.current_version || fresh.state.pending != record.state.pending
+            {
                 tracing::info!(key = %name, "another agent rotated the key meanwhile; leaving it to them");
                 return Ok(Outcome::LostRace);
             }
