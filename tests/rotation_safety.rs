@@ -322,8 +322,13 @@ async fn rotating_agents_with_lost_answers_count_each_promotion_once_and_never_u
             d.display()
         )
     };
-    // Half the rotation writes lose their answer after landing, a fifth fail before it.
-    let faults = [("KEYSYNC_FAILPOINT_ERROR", "kv_write_lost_answer@0.5,kv_write_refused@0.2")];
+    // Half the rotation writes lose their answer after landing, a third fail before it, and
+    // half the attempts to mark a key revoked fail as if Vault were down (the key is then kept
+    // and settled at the next check, never revoked unmarked).
+    let faults = [(
+        "KEYSYNC_FAILPOINT_ERROR",
+        "kv_write_lost_answer@0.5,kv_write_refused@0.3,mark_revoked@0.3,mark_unstored@0.5",
+    )];
     let mut running: Vec<RunningAgent> = (0..agents)
         .map(|a| {
             start_agent(&server, d, &format!("agent-{a}"), &body("2s").replace("@AGENT@", &a.to_string()), &faults)
@@ -402,17 +407,22 @@ async fn rotating_agents_with_lost_answers_count_each_promotion_once_and_never_u
     );
     let lost = logs.matches("failpoint kv_write_lost_answer: failing").count();
     let refused = logs.matches("failpoint kv_write_refused: failing").count();
+    let marks_failed = logs.matches("failpoint mark_revoked: failing").count()
+        + logs.matches("failpoint mark_unstored: failing").count();
+    let settled_later = logs.matches("the write of the earlier rotation did not land; revoking its key").count();
     assert!(lost > 0, "no answer was lost; the test proves nothing");
+    // Every minted key is accounted for by the agent that minted it: no false alarm.
+    assert!(!logs.contains("an earlier rotation was interrupted"), "false interrupted-rotation warning:\n{logs}");
     let minted = lines(d, "minted").len();
     let revocations = lines(d, "revoked").len();
     let revoked = lines(d, "revoked").into_iter().collect::<BTreeSet<_>>().len();
     running.clear();
     report::record(
         "Concurrency",
-        &format!("{agents} rotating agents (`keysync run`, rotate every 2 s, grace 1 s) where half the rotation writes land and lose their answer and a fifth fail before landing"),
+        &format!("{agents} rotating agents (`keysync run`, rotate every 2 s, grace 1 s) where half the rotation writes land and lose their answer, a third fail before landing, and half the attempts to mark a key revoked fail"),
         1,
         &format!(
-            "{promotions} promotions seen by a 40 ms watcher ({observations} looks), keysync_rotations_total{{result=\"rotated\"}} summed over the agents = {rotated} (each counted once); {lost} lost answers, {refused} failed writes; {minted} keys minted, {revoked} revoked (unstored, lost races or retired; {revocations} revoke calls, repeats are idempotent), 0 revoked keys ever current, every minted key current or revoked at the end"
+            "{promotions} promotions seen by a 40 ms watcher ({observations} looks), keysync_rotations_total{{result=\"rotated\"}} summed over the agents = {rotated} (each counted once); {lost} lost answers, {refused} failed writes, {marks_failed} failed marks ({settled_later} unstored keys kept and revoked at the next check), 0 \"interrupted rotation\" warnings; {minted} keys minted, {revoked} revoked (unstored, lost races or retired; {revocations} revoke calls, repeats are idempotent), 0 revoked keys ever current, every minted key current or revoked at the end"
         ),
     );
 }
@@ -750,6 +760,69 @@ async fn a_vault_outage_is_one_rotation_warning_not_one_per_key_per_check() {
         1,
         &format!(
             "1 rotation warning (\"rotation paused\") and 1 recovery line counting {failures} failed steps, instead of one warning per key per check ({failures} lines before)"
+        ),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minted_key_that_cannot_be_marked_revoked_is_kept_and_revoked_at_the_next_check() {
+    let server = DevServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cli = Cli::new(&server, &server.root_token, d);
+    cli.run_with_stdin(&["put", "svc"], "sk-safe-initial-xxxxxxxxxxxxxxxx");
+    let body = |interval: &str| {
+        format!(
+            "[agent]\npoll_interval = \"500ms\"\nlisten = \"LISTEN\"\nrotate = true\nrotation_check_interval = \"300ms\"\n\
+             [keys.svc.provider]\n{}[keys.svc.rotation]\ninterval = \"{interval}\"\n\
+             [[keys.svc.sinks]]\npath = \"{}/svc.key\"\n",
+            logging_provider(d),
+            d.display()
+        )
+    };
+    // Every write fails before landing; half the marks fail as if Vault were down right then.
+    let faults = [("KEYSYNC_FAILPOINT_ERROR", "kv_write_refused,mark_unstored@0.5")];
+    let agent = start_agent(&server, d, "agent-0", &body("1s"), &faults);
+    let kept = || agent.agent.log_text().matches("cannot mark the unstored key revoked yet").count();
+    assert!(
+        eventually(Duration::from_secs(60), || kept() >= 3 && lines(d, "minted").len() >= 6).await,
+        "not enough failed marks: {}",
+        agent.agent.log_text()
+    );
+    std::fs::write(d.join("agent-0.toml"), body("30d").replace("LISTEN", &agent.listen)).unwrap();
+    agent.agent.signal(libc::SIGHUP);
+    // After the reload nothing is due; each kept key is settled at the next check.
+    let settled = eventually(Duration::from_secs(20), || {
+        let revoked: BTreeSet<String> = lines(d, "revoked").into_iter().collect();
+        lines(d, "minted").iter().all(|m| revoked.contains(m))
+    })
+    .await;
+    let logs = agent.agent.log_text();
+    assert!(
+        settled,
+        "a minted key was never revoked: minted {:?}, revoked {:?}\n{logs}",
+        lines(d, "minted"),
+        lines(d, "revoked")
+    );
+    let minted = lines(d, "minted").len();
+    let kept = logs.matches("cannot mark the unstored key revoked yet").count();
+    let later = logs.matches("the write of the earlier rotation did not land; revoking its key").count();
+    assert!(later >= 1, "{logs}");
+    assert!(!logs.contains("an earlier rotation was interrupted"), "false interrupted-rotation warning:\n{logs}");
+    let r = support::key_store(&server, &server.root_token, Duration::from_secs(3600), "observer")
+        .await
+        .require(&KeyName::parse("svc").unwrap())
+        .await
+        .unwrap();
+    assert_eq!((r.meta.current_version, r.state.current), (1, Some(1)), "nothing stored, current kept");
+    assert!(r.state.intent.is_none(), "the intents were cleared: {:?}", r.state);
+    drop(agent);
+    report::record(
+        "Crashes",
+        "rotating agent whose every rotation write fails before landing, and half the attempts to mark the minted key revoked fail (Vault down at that moment)",
+        minted,
+        &format!(
+            "{minted} keys minted, all revoked in the end; {kept} marks failed (the key was kept, never revoked unmarked), {later} times a kept key was settled at a later check (not stored: marked, then revoked); current key kept, intents cleared, 0 \"interrupted rotation\" warnings"
         ),
     );
 }

@@ -474,7 +474,12 @@ impl Engine<'_> {
     /// written the key is kept for the next pass — never revoked unmarked.
     async fn discard_unstored(&self, plan: &KeyPlan, mint: Unsettled) -> Result<(), StoreError> {
         let name = &plan.name;
-        if let Err(e) = self.mark_revoked(name, &mint.fingerprint).await {
+        let marked = if crate::failpoint::fail("mark_unstored") {
+            Err(StoreError::Refused("failpoint mark_unstored".into()))
+        } else {
+            self.mark_revoked(name, &mint.fingerprint).await
+        };
+        if let Err(e) = marked {
             tracing::warn!(key = %name, error = %e, "cannot mark the unstored key revoked yet; keeping it for the next rotation check");
             self.memory.keep(name, mint);
             return Err(e);
@@ -500,6 +505,13 @@ impl Engine<'_> {
     /// Records the key with fingerprint `fp` as revoked, before it is revoked (a key is not
     /// marked in a key that no longer exists: nothing can adopt from it).
     async fn mark_revoked(&self, name: &KeyName, fp: &str) -> Result<(), StoreError> {
+        if crate::failpoint::fail("mark_revoked") {
+            return Err(StoreError::Vault(crate::vault::VaultError::Unreachable {
+                address: "(failpoint)".into(),
+                op: format!("PATCH metadata of {name}"),
+                detail: "failpoint mark_revoked".into(),
+            }));
+        }
         let fp = fp.to_string();
         match self
             .store
