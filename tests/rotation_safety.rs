@@ -826,3 +826,66 @@ async fn a_minted_key_that_cannot_be_marked_revoked_is_kept_and_revoked_at_the_n
         ),
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_answer_during_a_long_outage_keeps_the_key_and_the_next_run_adopts_it() {
+    let server = DevServer::start();
+    let proxy = std::sync::Arc::new(FaultProxy::start(&server.addr).await);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cli = Cli::new(&server, &server.root_token, d);
+    let cfg = d.join("keysync.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[rotation]\nadopt_after = \"0s\"\n[keys.svc.provider]\n{}[keys.svc.rotation]\ninterval = \"30d\"\ngrace = \"1h\"\n",
+            logging_provider(d)
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.display().to_string();
+    cli.run_with_stdin(&["put", "svc"], "sk-safe-initial-xxxxxxxxxxxxxxxx");
+    // The write lands, its answer is lost, and Vault stays unreachable longer than keysync
+    // keeps asking (20 s).
+    let p = proxy.clone();
+    let started = Instant::now();
+    let (code, out) = rotate_with(
+        &cli,
+        &proxy.addr,
+        &cfg,
+        &["svc", "--force"],
+        &[("KEYSYNC_FAILPOINT_ERROR", "kv_write_lost_answer")],
+        move || p.set(Mode::Cut),
+    );
+    let asked_for = started.elapsed();
+    proxy.set(Mode::Pass);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("its key is kept, not revoked"), "{out}");
+    let minted = lines(d, "minted");
+    assert_eq!(minted.len(), 1);
+    assert!(lines(d, "revoked").is_empty(), "a key that may be stored was revoked: {out}");
+    let status = cli.json(&["status", "svc"]);
+    assert_eq!(status[0]["latest_version"], 2, "the write landed: {status}");
+    assert_eq!(status[0]["current"]["version"], 1, "{status}");
+    assert!(
+        status[0]["interrupted_rotation"].as_str().is_some_and(|i| !i.is_empty()),
+        "the intent is the trace: {status}"
+    );
+    // The next run finds the stored version and adopts it.
+    let (code, stdout, stderr) = cli.run(&["--config", &cfg, "rotate", "svc"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("rotated: v2 is current"), "{stdout}");
+    let status = cli.json(&["status", "svc"]);
+    assert!(status[0]["interrupted_rotation"].is_null(), "{status}");
+    assert_eq!(cli.json(&["get", "svc"])["fields"]["key_id"].as_str(), Some(minted[0].as_str()));
+    assert!(lines(d, "revoked").is_empty());
+    report::record(
+        "Crashes",
+        "CAS write of a rotated key lands, its answer is lost and Vault stays unreachable longer than keysync keeps asking (`keysync rotate`), then keysync runs again",
+        1,
+        &format!(
+            "asked Vault for {:.0} s, then exited 1 saying the key is kept, not revoked; the intent stayed as the trace; the next run adopted the stored version and promoted it; 0 keys revoked",
+            asked_for.as_secs_f64()
+        ),
+    );
+}

@@ -61,7 +61,8 @@ pub enum Outcome {
         version: u64,
         why: String,
     },
-    /// Another agent created the version first; ours was revoked.
+    /// Another agent got there first: it created the version (ours was revoked), is rotating
+    /// the key right now, or promoted the same version at the same moment and counts it.
     LostRace,
 }
 
