@@ -735,3 +735,29 @@ fn user_name_of_uid() -> String {
         format!("uid{uid}")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(status: u16) -> VaultError {
+        VaultError::Api { method: "POST".into(), path: "p".into(), status, message: "m".into() }
+    }
+
+    #[test]
+    fn only_a_lost_answer_or_a_server_error_leaves_a_write_unknown() {
+        let unreachable =
+            VaultError::Unreachable { address: "a".into(), op: "POST p".into(), detail: "connection reset".into() };
+        assert_eq!(landed_after(&unreachable), Landed::Unknown);
+        assert_eq!(landed_after(&api(500)), Landed::Unknown);
+        assert_eq!(landed_after(&api(503)), Landed::Unknown);
+        let garbled =
+            VaultError::InvalidResponse { method: "POST".into(), path: "p".into(), detail: "no version".into() };
+        assert_eq!(landed_after(&garbled), Landed::Unknown, "a 2xx we could not read may have written");
+        // Refusals wrote nothing.
+        assert_eq!(landed_after(&api(400)), Landed::No);
+        assert_eq!(landed_after(&api(429)), Landed::No);
+        assert_eq!(landed_after(&VaultError::CasConflict { path: "p".into() }), Landed::No);
+        assert_eq!(landed_after(&VaultError::TokenInvalid("gone".into())), Landed::No);
+    }
+}
