@@ -428,7 +428,8 @@ impl Engine<'_> {
         }
     }
 
-    /// Asks Vault whether `mint` landed, with backoff (0.25 s, 0.5 s … 4 s) for `settle_for`.
+    /// Asks Vault whether `mint` landed, with backoff (0.25 s, 0.5 s, 1 s, then every 2 s) for
+    /// `settle_for`.
     async fn find_out(&self, name: &KeyName, mint: &Unsettled) -> Landed {
         let deadline = tokio::time::Instant::now() + self.settle_for;
         let mut wait = Duration::from_millis(250);
@@ -436,7 +437,7 @@ impl Engine<'_> {
             match self.store.find_write(name, mint.version, &mint.fingerprint).await {
                 Landed::Unknown if tokio::time::Instant::now() + wait < deadline => {
                     tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(4));
+                    wait = (wait * 2).min(Duration::from_secs(2));
                 }
                 known => return known,
             }
