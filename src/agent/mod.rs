@@ -109,7 +109,7 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
     // Rotation runs beside the poll loop, never inside it: a slow provider or a burst of due
     // keys must not delay a render or flip /readyz (see `rotation_task`).
     let (rotation_cfg, rotation_cfg_rx) = tokio::sync::watch::channel(Arc::new(cfg.clone()));
-    let rotation = tokio::spawn(rotation_task(rotation_cfg_rx, session.clone(), metrics.clone(), stop_rx.clone()));
+    let mut rotation = tokio::spawn(rotation_task(rotation_cfg_rx, session.clone(), metrics.clone(), stop_rx.clone()));
     let exit_code = loop {
         let started = Instant::now();
         let result = syncer.pass(full).await;
@@ -212,7 +212,14 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
     };
     let _ = stop_tx.send(true);
     let _ = maintain.await;
-    rotation.abort();
+    // A rotation step in flight is finished rather than cut (a cut one is resumed later, but
+    // may leave a minted key to clean up); the workers take no new key once stopped.
+    if tokio::time::timeout(ROTATION_STOP_WAIT, &mut rotation).await.is_err() {
+        tracing::warn!(
+            "a rotation step did not finish within {ROTATION_STOP_WAIT:?} of stopping; it resumes at the next start"
+        );
+        rotation.abort();
+    }
     Ok(exit_code)
 }
 
@@ -226,6 +233,9 @@ fn jittered(poll: Duration) -> Duration {
 /// Keys rotated at the same time by one agent: enough to hide provider latency, few enough not
 /// to swamp a provider or Vault after an outage.
 const ROTATION_CONCURRENCY: usize = 4;
+
+/// How long a stopping agent waits for the rotation steps in flight.
+const ROTATION_STOP_WAIT: Duration = Duration::from_secs(10);
 
 /// Rotation beside the poll loop (agent.rotate = true): every `rotation_check_interval`
 /// (shortened by up to 10 %, like polls), one round over every key with a provider, in a
@@ -245,7 +255,7 @@ async fn rotation_task(
     loop {
         let current = cfg.borrow().clone();
         if current.agent.rotate {
-            rotate_due(&current, &session, &metrics, &memory, &log).await;
+            rotate_due(&current, &session, &metrics, &memory, &log, &stop).await;
         }
         let wait = jittered(current.agent.rotation_check_interval.get());
         tokio::select! {
@@ -262,6 +272,7 @@ async fn rotate_due(
     metrics: &Arc<Metrics>,
     memory: &Arc<crate::rotation::Memory>,
     log: &Arc<std::sync::Mutex<crate::rotation::FailureLog>>,
+    stop: &tokio::sync::watch::Receiver<bool>,
 ) {
     use rand::seq::SliceRandom as _;
     let mut names: Vec<String> =
@@ -271,14 +282,17 @@ async fn rotate_due(
     let queue = Arc::new(std::sync::Mutex::new(names));
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..ROTATION_CONCURRENCY {
-        let (cfg, session, metrics, memory, log, queue) =
-            (cfg.clone(), session.clone(), metrics.clone(), memory.clone(), log.clone(), queue.clone());
+        let (cfg, session, metrics, memory, log, queue, stop) =
+            (cfg.clone(), session.clone(), metrics.clone(), memory.clone(), log.clone(), queue.clone(), stop.clone());
         workers.spawn(async move {
             let store = KeyStore::from_config(&cfg, session);
             let clock = crate::rotation::SystemClock;
             let mut engine = crate::rotation::Engine::new(&store, &clock, Some(&metrics), &memory);
             engine.start_jitter = Some(jitter);
             loop {
+                if *stop.borrow() {
+                    break;
+                }
                 let Some(name) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop() else { break };
                 let plan = match cfg.rotation_plan(&name) {
                     Ok(Some(plan)) => plan,
