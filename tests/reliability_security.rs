@@ -261,16 +261,16 @@ async fn each_policy_allows_its_job_and_nothing_else() {
         Op {
             name: "patch the change index",
             method: "PATCH",
-            path: "secret/data/keysync/_index",
+            path: "secret/data/keysync/_index.d/root",
             body: Some(json!({ "data": { "{k}": { "current": 1 } } })),
         },
         Op {
             name: "replace the change index",
             method: "POST",
-            path: "secret/data/keysync/_index",
+            path: "secret/data/keysync/_index.d/root",
             body: Some(json!({ "data": { "{k}": { "current": 9 } } })),
         },
-        Op { name: "read the change index", method: "GET", path: "secret/data/keysync/_index", body: None },
+        Op { name: "read the change index", method: "GET", path: "secret/data/keysync/_index.d/root", body: None },
         Op {
             name: "write an agent's render report (_acks)",
             method: "POST",
@@ -367,7 +367,7 @@ async fn each_policy_allows_its_job_and_nothing_else() {
     ];
     assert_eq!(ops.len(), expected.len());
     // The index and every cell's key exist first, so "allowed" is never a 404.
-    admin.write("secret/data/keysync/_index", json!({ "data": { "seed": { "current": 1 } } })).await;
+    admin.write("secret/data/keysync/_index.d/root", json!({ "data": { "00": 1 } })).await;
     let mut failures = Vec::new();
     let mut cells = 0;
     for (i, op) in ops.iter().enumerate() {

@@ -102,7 +102,6 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
 
     let mut full = true;
     let mut failures: u32 = 0;
-    let mut last_full = Instant::now();
     let mut first_done = false;
     let mut last_ack = std::collections::BTreeMap::new();
     let mut last_ack_at = Instant::now();
@@ -120,9 +119,6 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
         match result {
             Ok(report) => {
                 failures = 0;
-                if full {
-                    last_full = Instant::now();
-                }
                 full = false;
                 health.sync_ok();
                 metrics.last_successful_sync_timestamp_seconds.set(chrono::Utc::now().timestamp() as f64);
@@ -134,7 +130,7 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
                 }
                 if cfg.agent.report_renders {
                     let rendered = syncer.rendered_fingerprints();
-                    if rendered != last_ack || last_ack_at.elapsed() >= cfg.agent.full_sync_interval.get() {
+                    if rendered != last_ack || last_ack_at.elapsed() >= cfg.rotation.ack_ttl.get() / 2 {
                         let kv = Kv::new(session.clone(), &cfg.kv.mount, &cfg.kv.prefix);
                         match kv.acks().report(&default_actor(), &rendered).await {
                             Ok(()) => {
@@ -174,9 +170,6 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
         }
         if let Some(due) = hooks.next_due() {
             wait = wait.min(due.saturating_duration_since(Instant::now()));
-        }
-        if last_full.elapsed() >= cfg.agent.full_sync_interval.get() {
-            full = true;
         }
         let child_exit = async {
             match child.as_mut() {

@@ -5,7 +5,7 @@
 use crate::config::Config;
 use crate::render::{DirSink, KeyMaterial, RenderError, RenderOutcome, Sink};
 use crate::secret::Secret;
-use crate::store::{IndexEntry, KeyName, KeyStore, VersionRead};
+use crate::store::{IndexCursor, IndexEntry, IndexFormat, KeyName, KeyStore, VersionRead};
 use crate::telemetry::{KeyLabel, Metrics, SinkLabel, SinkResultLabel};
 use crate::vault::VaultError;
 use chrono::{DateTime, Utc};
@@ -54,8 +54,17 @@ pub struct Syncer {
     keys: BTreeSet<KeyName>,
     bindings: Vec<Binding>,
     cache: BTreeMap<KeyName, CachedKey>,
-    /// The index version last acted on.
-    index_version: Option<u64>,
+    /// What the last poll saw of the change index; `None` until the first full read.
+    cursor: Option<IndexCursor>,
+    /// The paced full sync: where the sweep of key metadata stands, and how many keys each
+    /// pass checks so that every key is checked once per `agent.full_sync_interval`.
+    sweep_at: usize,
+    /// Keys per pass (a fraction when there are fewer keys than passes per interval) and
+    /// the fraction carried over, so the sweep costs exactly keys per interval.
+    sweep_per_pass: f64,
+    sweep_credit: f64,
+    /// Whether this agent already said it reads a legacy (format 1) index.
+    said_legacy: bool,
     /// Keys some sink renders with `include_previous`: only their previous version is read,
     /// so a change costs the other keys one data read, not two.
     wants_previous: BTreeSet<KeyName>,
@@ -111,7 +120,21 @@ impl Syncer {
             });
         }
         let keys = cfg.rendered_keys().iter().map(|k| parse(k)).collect::<Result<BTreeSet<_>, _>>()?;
-        Ok(Syncer { store, metrics, keys, bindings, cache: BTreeMap::new(), index_version: None, wants_previous })
+        let sweep_per_pass =
+            sweep_per_pass(keys.len(), cfg.agent.poll_interval.get(), cfg.agent.full_sync_interval.get());
+        Ok(Syncer {
+            store,
+            metrics,
+            keys,
+            bindings,
+            cache: BTreeMap::new(),
+            cursor: None,
+            sweep_at: 0,
+            sweep_per_pass,
+            sweep_credit: 0.0,
+            said_legacy: false,
+            wants_previous,
+        })
     }
 
     pub fn sink_count(&self) -> usize {
@@ -148,6 +171,17 @@ impl Syncer {
     /// periodic, SIGHUP). Returns what changed; an error means Vault could not be read and
     /// nothing on disk was touched.
     pub async fn pass(&mut self, full: bool) -> Result<PassReport, VaultError> {
+        // A pass that fails after the index poll must not lose what the poll announced: the
+        // next pass starts from the cursor as it was.
+        let (cursor, sweep_at, credit) = (self.cursor.clone(), self.sweep_at, self.sweep_credit);
+        let result = self.pass_inner(full).await;
+        if result.is_err() {
+            (self.cursor, self.sweep_at, self.sweep_credit) = (cursor, sweep_at, credit);
+        }
+        result
+    }
+
+    async fn pass_inner(&mut self, full: bool) -> Result<PassReport, VaultError> {
         let entries = self.entries(full).await?;
         let now = Utc::now();
         for name in self.keys.clone() {
@@ -181,36 +215,60 @@ impl Syncer {
         Ok(self.render_all())
     }
 
+    /// The entries to act on. `full` (start, SIGHUP): every key's metadata, the truth the
+    /// index only announces. Otherwise the index poll (the root, plus shards whose root value
+    /// changed) and this pass's slice of the paced full sync.
     async fn entries(&mut self, full: bool) -> Result<BTreeMap<KeyName, IndexEntry>, VaultError> {
         let mut out = BTreeMap::new();
-        if full || self.index_version.is_none() {
-            // Read the index version first, so changes during the full read are seen next poll.
-            let snapshot = self.store.kv().index().read().await?;
-            for name in &self.keys {
-                let entry = match self.store.record(name).await {
-                    Ok(Some(r)) => IndexEntry::from_state(&r.state, r.current_deleted(&r.state)),
-                    Ok(None) => IndexEntry::default(),
-                    Err(crate::store::StoreError::Vault(e)) => return Err(e),
-                    Err(e) => {
-                        tracing::warn!(key = %name, error = %e, "cannot read the key's state; keeping its files as they are");
-                        self.cache.get(name).map(|c| c.entry.clone()).unwrap_or_default()
-                    }
-                };
-                out.insert(name.clone(), entry);
+        let index = self.store.kv().index();
+        let Some(cursor) = self.cursor.as_mut().filter(|_| !full) else {
+            // Look at the root first, so changes during the full read are seen next poll.
+            let mut cursor = IndexCursor::default();
+            index.mark_seen(&mut cursor).await?;
+            for name in self.keys.clone() {
+                let entry = self.metadata_entry(&name).await?;
+                out.insert(name, entry);
             }
-            self.index_version = Some(snapshot.version);
+            self.cursor = Some(cursor);
+            self.sweep_at = 0;
             return Ok(out);
+        };
+        let polled = index.poll(cursor, &self.keys).await?;
+        if polled.format == Some(IndexFormat::Legacy) && !self.said_legacy {
+            self.said_legacy = true;
+            tracing::info!("the change index is in the legacy single-secret format; the first keysync writer of this version converts it");
         }
-        let snapshot = self.store.kv().index().read().await?;
-        self.index_version = Some(snapshot.version);
-        for (name, entry) in snapshot.entries {
+        for (name, entry) in polled.entries {
             if let Ok(name) = KeyName::parse(&name) {
-                if self.keys.contains(&name) {
-                    out.insert(name, entry);
-                }
+                out.insert(name, entry);
             }
+        }
+        // The paced full sync: a few keys' metadata per pass, in turn. Metadata is the truth
+        // the index only announces, so it overrides the index's entry.
+        let keys: Vec<KeyName> = self.keys.iter().cloned().collect();
+        self.sweep_credit = (self.sweep_credit + self.sweep_per_pass).min(keys.len() as f64);
+        let now = self.sweep_credit.floor();
+        self.sweep_credit -= now;
+        for _ in 0..now as usize {
+            let name = keys[self.sweep_at % keys.len()].clone();
+            self.sweep_at = (self.sweep_at + 1) % keys.len();
+            let entry = self.metadata_entry(&name).await?;
+            out.insert(name, entry);
         }
         Ok(out)
+    }
+
+    /// A key's entry built from its metadata; a key keysync cannot decode keeps its files.
+    async fn metadata_entry(&self, name: &KeyName) -> Result<IndexEntry, VaultError> {
+        Ok(match self.store.record(name).await {
+            Ok(Some(r)) => IndexEntry::from_state(&r.state, r.current_deleted(&r.state)),
+            Ok(None) => IndexEntry::default(),
+            Err(crate::store::StoreError::Vault(e)) => return Err(e),
+            Err(e) => {
+                tracing::warn!(key = %name, error = %e, "cannot read the key's state; keeping its files as they are");
+                self.cache.get(name).map(|c| c.entry.clone()).unwrap_or_default()
+            }
+        })
     }
 
     /// Reads the data a key's entry points at. Vault errors propagate (files untouched);
@@ -357,6 +415,33 @@ impl Syncer {
     }
 }
 
+/// Keys whose metadata each pass checks so that all `keys` are checked once per `full_sync`
+/// when a pass runs every `poll`: spread evenly instead of one burst of `keys` reads (a
+/// fraction below one: one key every few passes).
+fn sweep_per_pass(keys: usize, poll: std::time::Duration, full_sync: std::time::Duration) -> f64 {
+    let passes = (full_sync.as_secs_f64() / poll.as_secs_f64().max(0.001)).max(1.0);
+    keys as f64 / passes
+}
+
 fn log_render_error(sink: &str, e: &RenderError) {
     tracing::error!(sink = %sink, error = %e, "render failed; the previous file is left as it was");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sweep_per_pass;
+    use std::time::Duration;
+
+    #[test]
+    fn the_full_sync_is_spread_over_its_interval() {
+        let (poll, hour) = (Duration::from_secs(10), Duration::from_secs(3600));
+        // 360 passes an hour: 1,000 keys take 2.8 a pass, 100,000 keys 278 a pass.
+        assert!((sweep_per_pass(1_000, poll, hour) - 2.78).abs() < 0.01);
+        assert!((sweep_per_pass(100_000, poll, hour) - 277.8).abs() < 0.1);
+        // Fewer keys than passes: one key every 72 passes.
+        assert!((sweep_per_pass(5, poll, hour) - 5.0 / 360.0).abs() < 1e-9);
+        assert_eq!(sweep_per_pass(0, poll, hour), 0.0);
+        // An interval shorter than a poll checks everything every pass.
+        assert_eq!(sweep_per_pass(7, poll, Duration::from_secs(1)), 7.0);
+    }
 }

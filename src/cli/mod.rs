@@ -2,6 +2,7 @@
 
 mod check_config;
 mod import;
+mod index;
 mod keys;
 mod login;
 mod output;
@@ -159,6 +160,9 @@ pub enum Command {
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff) to stdout.
     Man,
+    /// The change index agents poll: status, migrate (legacy → sharded), drop-legacy.
+    #[command(subcommand)]
+    Index(index::IndexCommand),
     /// Import many keys from JSON ({"name": "key"}) or a .env file (NAME_API_KEY=key).
     Import {
         file: PathBuf,
@@ -317,6 +321,7 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
         }
         Command::Run { once } => run_agent(&source, once, None).await,
         Command::Exec { command } => run_agent(&source, false, Some(crate::agent::ExecSpec { argv: command })).await,
+        Command::Index(command) => index::run(&open_store(&source).await?, command).await,
         Command::Import { file, no_promote, output } => {
             import::run(&open_store(&source).await?, &file, !no_promote, output).await
         }

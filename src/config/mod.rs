@@ -47,7 +47,8 @@ pub struct AgentConfig {
     /// How often to look for changes (one Vault request per poll); each wait is up to 10% shorter
     /// (jitter spreads agents, never delays a change beyond one interval).
     pub poll_interval: HumanDuration,
-    /// How often to re-read every key's metadata, catching changes made outside keysync.
+    /// Every key's metadata is re-read once per this interval, a few keys each poll, catching
+    /// changes the index did not announce (edited by hand, or a writer that died in between).
     pub full_sync_interval: HumanDuration,
     /// Address of /metrics, /healthz, /readyz; "off" disables the endpoint.
     pub listen: String,
@@ -64,7 +65,7 @@ impl Default for AgentConfig {
     fn default() -> Self {
         AgentConfig {
             poll_interval: HumanDuration::from_secs(10),
-            full_sync_interval: HumanDuration::from_secs(300),
+            full_sync_interval: HumanDuration::from_secs(3600),
             listen: "127.0.0.1:9464".into(),
             rotate: false,
             rotation_check_interval: HumanDuration::from_secs(60),

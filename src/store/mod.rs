@@ -11,7 +11,10 @@ mod name;
 mod state;
 
 pub use acks::{ack_id, Ack, Acks};
-pub use index::{Index, IndexEntry, IndexSnapshot, INDEX_NAME};
+pub use index::{
+    names_in_shard, shard_of, Index, IndexCursor, IndexEntry, IndexFormat, IndexSnapshot, Polled, INDEX_DIR,
+    INDEX_NAME, SHARDS,
+};
 pub use kv::{KeyData, Kv, Metadata, VersionMeta, VersionRead};
 pub use name::KeyName;
 pub use state::{
