@@ -4,7 +4,9 @@
 //!   prove every rotation step resumes from Vault state alone ([`hit`]);
 //! * `KEYSYNC_FAILPOINT_ERROR=<name>[@<probability>],…` makes [`fail`] answer true there (each
 //!   time with that probability, default 1), so the caller returns an error as if the network
-//!   had failed — e.g. a CAS write that landed but whose answer was lost.
+//!   had failed — e.g. a CAS write that landed but whose answer was lost. With
+//!   `KEYSYNC_FAILPOINT_PAUSE_MS=<ms>` the thread then sleeps that long, so a test that watches
+//!   for the failpoint's line can inject a network fault before the process goes on.
 
 /// Aborts here when the `failpoints` feature is on and `KEYSYNC_FAILPOINT` names this point.
 #[inline]
@@ -35,6 +37,9 @@ pub fn fail(name: &str) -> bool {
                 let fire = rand::rng().random_bool(p.clamp(0.0, 1.0));
                 if fire {
                     eprintln!("failpoint {name}: failing");
+                    if let Some(ms) = std::env::var("KEYSYNC_FAILPOINT_PAUSE_MS").ok().and_then(|v| v.parse().ok()) {
+                        std::thread::sleep(std::time::Duration::from_millis(ms));
+                    }
                 }
                 return fire;
             }

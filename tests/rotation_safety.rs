@@ -198,7 +198,7 @@ async fn a_write_that_lands_but_loses_its_answer_never_puts_a_revoked_key_in_use
                     &proxy.addr,
                     &cfg,
                     &["svc", "--force"],
-                    &[("KEYSYNC_FAILPOINT_ERROR", "kv_write_lost_answer")],
+                    &[("KEYSYNC_FAILPOINT_ERROR", "kv_write_lost_answer"), ("KEYSYNC_FAILPOINT_PAUSE_MS", "300")],
                     move || {
                         p.set(Mode::Cut);
                         std::thread::sleep(Duration::from_millis(1500));
@@ -411,8 +411,14 @@ async fn rotating_agents_with_lost_answers_count_each_promotion_once_and_never_u
         + logs.matches("failpoint mark_unstored: failing").count();
     let settled_later = logs.matches("the write of the earlier rotation did not land; revoking its key").count();
     assert!(lost > 0, "no answer was lost; the test proves nothing");
-    // Every minted key is accounted for by the agent that minted it: no false alarm.
-    assert!(!logs.contains("an earlier rotation was interrupted"), "false interrupted-rotation warning:\n{logs}");
+    // Every key an agent minted is accounted for by that agent: it never reports its own
+    // rotation as interrupted. (A peer's intent older than adopt_after is taken over with a
+    // warning: under load a peer may really be that slow.)
+    for (a, r) in running.iter().enumerate() {
+        let own = format!("an earlier rotation was interrupted after it may have minted a key; check the provider for an unused key key=svc intent=agent-{a} at");
+        let log = r.agent.log_text();
+        assert!(!log.contains(&own), "agent-{a} reported its own rotation as interrupted:\n{log}");
+    }
     let minted = lines(d, "minted").len();
     let revocations = lines(d, "revoked").len();
     let revoked = lines(d, "revoked").into_iter().collect::<BTreeSet<_>>().len();
@@ -422,7 +428,7 @@ async fn rotating_agents_with_lost_answers_count_each_promotion_once_and_never_u
         &format!("{agents} rotating agents (`keysync run`, rotate every 2 s, grace 1 s) where half the rotation writes land and lose their answer, a third fail before landing, and half the attempts to mark a key revoked fail"),
         1,
         &format!(
-            "{promotions} promotions seen by a 40 ms watcher ({observations} looks), keysync_rotations_total{{result=\"rotated\"}} summed over the agents = {rotated} (each counted once); {lost} lost answers, {refused} failed writes, {marks_failed} failed marks ({settled_later} unstored keys kept and revoked at the next check), 0 \"interrupted rotation\" warnings; {minted} keys minted, {revoked} revoked (unstored, lost races or retired; {revocations} revoke calls, repeats are idempotent), 0 revoked keys ever current, every minted key current or revoked at the end"
+            "{promotions} promotions seen by a 40 ms watcher ({observations} looks), keysync_rotations_total{{result=\"rotated\"}} summed over the agents = {rotated} (each counted once); {lost} lost answers, {refused} failed writes, {marks_failed} failed marks ({settled_later} unstored keys kept and revoked at the next check), 0 agents reporting their own rotation as interrupted; {minted} keys minted, {revoked} revoked (unstored, lost races or retired; {revocations} revoke calls, repeats are idempotent), 0 revoked keys ever current, every minted key current or revoked at the end"
         ),
     );
 }
@@ -854,7 +860,7 @@ async fn a_lost_answer_during_a_long_outage_keeps_the_key_and_the_next_run_adopt
         &proxy.addr,
         &cfg,
         &["svc", "--force"],
-        &[("KEYSYNC_FAILPOINT_ERROR", "kv_write_lost_answer")],
+        &[("KEYSYNC_FAILPOINT_ERROR", "kv_write_lost_answer"), ("KEYSYNC_FAILPOINT_PAUSE_MS", "300")],
         move || p.set(Mode::Cut),
     );
     let asked_for = started.elapsed();

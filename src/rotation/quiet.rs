@@ -20,6 +20,10 @@ const VAULT: &str = "_vault";
 
 #[derive(Debug)]
 struct Streak {
+    /// What identifies the failure: for a Vault outage any transient error (the cause may
+    /// change during one outage: refused, reset, timed out), else the message.
+    kind: String,
+    /// The first failure's text, for the log.
     what: String,
     count: u64,
     since: Instant,
@@ -46,12 +50,12 @@ pub enum Line {
 impl FailureLog {
     /// Records a failed step of `key`; returns the line to log, if any.
     pub fn failed(&mut self, key: &str, error: &StoreError, now: Instant) -> Option<Line> {
-        let (scope, what) = match error {
-            StoreError::Vault(v) if v.is_transient() => (VAULT.to_string(), outage_kind(v)),
-            other => (key.to_string(), other.to_string()),
+        let (scope, kind, what) = match error {
+            StoreError::Vault(v) if v.is_transient() => (VAULT.to_string(), VAULT.to_string(), outage_kind(v)),
+            other => (key.to_string(), other.to_string(), other.to_string()),
         };
         match self.streaks.get_mut(&scope) {
-            Some(s) if s.what == what => {
+            Some(s) if s.kind == kind => {
                 s.count += 1;
                 if now.duration_since(s.told) >= REMINDER_EVERY {
                     s.told = now;
@@ -65,7 +69,8 @@ impl FailureLog {
                 None
             }
             _ => {
-                self.streaks.insert(scope.clone(), Streak { what: what.clone(), count: 1, since: now, told: now });
+                self.streaks
+                    .insert(scope.clone(), Streak { kind, what: what.clone(), count: 1, since: now, told: now });
                 Some(Line::First { scope, what })
             }
         }
@@ -142,11 +147,17 @@ mod tests {
         let mut lines = Vec::new();
         for check in 0..80u64 {
             for key in ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k"] {
-                lines.extend(log.failed(
-                    key,
-                    &down(&format!("secret/metadata/keysync/{key}")),
-                    t0 + Duration::from_secs(check),
-                ));
+                let mut e = down(&format!("secret/metadata/keysync/{key}"));
+                if check % 2 == 1 {
+                    // The cause changes during one outage (refused, reset, sealed): same outage.
+                    e = StoreError::Vault(VaultError::Api {
+                        method: "GET".into(),
+                        path: key.into(),
+                        status: 503,
+                        message: "sealed".into(),
+                    });
+                }
+                lines.extend(log.failed(key, &e, t0 + Duration::from_secs(check)));
             }
         }
         assert_eq!(lines.len(), 1, "{lines:?}");
