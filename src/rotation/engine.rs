@@ -344,6 +344,7 @@ impl Engine<'_> {
         let minted = match plan.provider.mint_for(name.as_str()).await {
             Ok(m) => m,
             Err(e) if e.nothing_minted() => {
+                self.memory.accounted_for(name, &ours); // nothing to account for
                 self.clear_intent(name).await;
                 return Err(StoreError::Refused(format!("minting a key for {name} failed: {e}")));
             }
