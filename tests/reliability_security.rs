@@ -546,7 +546,11 @@ async fn hooks_and_exec_children_get_a_minimal_env_and_drop_privileges() {
         }
     }
     let hook_vars: Vec<&str> = hook.keys().map(String::as_str).filter(|k| k.starts_with("KEYSYNC_")).collect();
-    assert_eq!(hook_vars, ["KEYSYNC_FINGERPRINT", "KEYSYNC_KEY", "KEYSYNC_VERSION"], "the hook gets only its three");
+    assert_eq!(
+        hook_vars,
+        ["KEYSYNC_FINGERPRINT", "KEYSYNC_KEY", "KEYSYNC_KEYS", "KEYSYNC_VERSION"],
+        "the hook gets only its four"
+    );
     assert!(!hook.values().any(|v| v.contains(&key)), "the hook never gets the key");
     assert_eq!(exec.get("OPENAI_API_KEY"), Some(&key), "the exec child gets its key");
     if is_root() {

@@ -5,7 +5,7 @@
 use crate::config::Config;
 use crate::render::{DirSink, KeyMaterial, RenderError, RenderOutcome, Sink};
 use crate::secret::Secret;
-use crate::store::{IndexCursor, IndexEntry, IndexFormat, KeyName, KeyStore, VersionRead};
+use crate::store::{IndexCursor, IndexEntry, IndexFormat, KeyName, KeyStore, SinkHold, VersionRead};
 use crate::telemetry::{KeyLabel, Metrics, SinkLabel, SinkResultLabel};
 use crate::vault::VaultError;
 use chrono::{DateTime, Utc};
@@ -35,6 +35,11 @@ struct Binding {
     label: String,
     /// Fingerprints of what was last rendered successfully; `None` forces a render.
     rendered: Option<String>,
+    /// Per key: the version and fingerprint the sink holds on disk, from its last successful
+    /// render in this agent's life (kept when a later render fails: the old file stays).
+    on_disk: BTreeMap<KeyName, (u64, String)>,
+    /// Why the last render failed, until one succeeds.
+    error: Option<String>,
 }
 
 /// Which keys changed in a pass, for hooks and exec.
@@ -45,6 +50,8 @@ pub struct PassReport {
     /// Sinks that failed or kept a stale file because a key was missing.
     pub failed_sinks: Vec<String>,
     pub missing_sinks: Vec<String>,
+    /// Why each sink in `failed_sinks` failed (the render error), for `/readyz`.
+    pub failure_reasons: BTreeMap<String, String>,
 }
 
 /// The sync state of one agent.
@@ -87,6 +94,8 @@ impl Syncer {
                     sink: AnySink::File(Box::new(sink)),
                     keys: vec![parse(name)?],
                     rendered: None,
+                    on_disk: BTreeMap::new(),
+                    error: None,
                 });
             }
         }
@@ -101,6 +110,8 @@ impl Syncer {
                 sink: AnySink::File(Box::new(sink)),
                 keys,
                 rendered: None,
+                on_disk: BTreeMap::new(),
+                error: None,
             });
         }
         for d in &cfg.dir_sinks {
@@ -117,6 +128,8 @@ impl Syncer {
                 sink: AnySink::Dir(sink),
                 keys,
                 rendered: None,
+                on_disk: BTreeMap::new(),
+                error: None,
             });
         }
         let keys = cfg.rendered_keys().iter().map(|k| parse(k)).collect::<Result<BTreeSet<_>, _>>()?;
@@ -146,16 +159,27 @@ impl Syncer {
         self.cache.get(name).and_then(|c| c.current.as_ref()).map(|(v, k, _)| (*v, k.clone()))
     }
 
-    /// Fingerprints of the current keys whose every sink rendered successfully.
-    pub fn rendered_fingerprints(&self) -> BTreeMap<String, String> {
-        let mut out = BTreeMap::new();
-        for name in &self.keys {
-            let bound: Vec<&Binding> = self.bindings.iter().filter(|b| b.keys.contains(name)).collect();
-            if bound.is_empty() || bound.iter().any(|b| b.rendered.is_none()) {
-                continue;
-            }
-            if let Some(m) = self.material(name) {
-                out.insert(name.to_string(), m.fingerprint.clone());
+    /// The fingerprint of each key's current version as last read.
+    pub fn current_fingerprints(&self) -> BTreeMap<String, String> {
+        self.cache
+            .iter()
+            .filter_map(|(n, c)| c.current.as_ref().map(|(_, k, _)| (n.to_string(), k.fingerprint())))
+            .collect()
+    }
+
+    /// Per key this agent renders: what each of its sinks holds on disk and the sink's last
+    /// error. A failed sink still holds what its last good render wrote (or nothing known).
+    pub fn holdings(&self) -> BTreeMap<KeyName, Vec<SinkHold>> {
+        let mut out: BTreeMap<KeyName, Vec<SinkHold>> = self.keys.iter().map(|k| (k.clone(), Vec::new())).collect();
+        for b in &self.bindings {
+            for k in &b.keys {
+                let held = b.on_disk.get(k);
+                out.entry(k.clone()).or_default().push(SinkHold {
+                    sink: b.label.clone(),
+                    version: held.map(|(v, _)| *v),
+                    fingerprint: held.map(|(_, fp)| fp.clone()),
+                    error: b.error.clone(),
+                });
             }
         }
         out
@@ -211,6 +235,7 @@ impl Syncer {
                 let age = (now - since).num_milliseconds().max(0) as f64 / 1000.0;
                 self.metrics.key_age_seconds.get_or_create(&KeyLabel { key: name.to_string() }).set(age);
             }
+            self.update_expiry_metric(name, c, now);
         }
         Ok(self.render_all())
     }
@@ -308,8 +333,30 @@ impl Syncer {
 
     fn update_key_metrics(&self, name: &KeyName, key: &CachedKey) {
         let label = KeyLabel { key: name.to_string() };
-        if let Some((v, _, _)) = &key.current {
+        if let Some((v, _, fields)) = &key.current {
             self.metrics.key_current_version.get_or_create(&label).set(*v as i64);
+            if let Some(text) = fields.get("expires_at") {
+                if chrono::DateTime::parse_from_rfc3339(text).is_err() {
+                    tracing::warn!(key = %name, version = *v, expires_at = %text, "the key's expires_at field is not an RFC 3339 time (like 2027-01-31T00:00:00Z); keysync_key_expires_in_seconds is not exported for it");
+                }
+            }
+        }
+    }
+
+    /// `keysync_key_expires_in_seconds` from the current key's `expires_at` field, refreshed
+    /// every pass (so it is at most one poll old). A key without the field exports nothing; a
+    /// key whose field is not RFC 3339 exports nothing and is reported when read.
+    fn update_expiry_metric(&self, name: &KeyName, key: &CachedKey, now: chrono::DateTime<Utc>) {
+        let label = KeyLabel { key: name.to_string() };
+        let expires = key.current.as_ref().and_then(|(_, _, fields)| fields.get("expires_at"));
+        match expires.map(|text| chrono::DateTime::parse_from_rfc3339(text)) {
+            Some(Ok(at)) => {
+                let left = (at.with_timezone(&Utc) - now).num_milliseconds() as f64 / 1000.0;
+                self.metrics.key_expires_in_seconds.get_or_create(&label).set(left);
+            }
+            Some(Err(_)) | None => {
+                self.metrics.key_expires_in_seconds.remove(&label);
+            }
         }
     }
 
@@ -393,6 +440,18 @@ impl Syncer {
                             .get_or_create(&label)
                             .set(Utc::now().timestamp() as f64);
                     }
+                    match outcome {
+                        RenderOutcome::Written | RenderOutcome::Unchanged if signature.is_some() => {
+                            b.on_disk = b
+                                .keys
+                                .iter()
+                                .filter_map(|k| self.material(k).map(|m| (k.clone(), (m.version, m.fingerprint))))
+                                .collect();
+                        }
+                        RenderOutcome::Removed => b.on_disk.clear(),
+                        _ => {}
+                    }
+                    b.error = None;
                     if matches!(outcome, RenderOutcome::Written | RenderOutcome::Removed) {
                         tracing::info!(sink = %b.label, result = outcome_name, "rendered");
                         for k in &b.keys {
@@ -405,6 +464,8 @@ impl Syncer {
                 }
                 Err(e) => {
                     log_render_error(&b.label, &e);
+                    b.error = Some(short_error(&e.to_string()));
+                    report.failure_reasons.insert(b.label.clone(), e.to_string());
                     report.failed_sinks.push(b.label.clone());
                     b.rendered = None;
                 }
@@ -413,6 +474,15 @@ impl Syncer {
         self.bindings = bindings;
         report
     }
+}
+
+/// A render error short enough for a report (render errors never carry key material).
+fn short_error(text: &str) -> String {
+    const MAX: usize = 300;
+    if text.chars().count() <= MAX {
+        return text.to_string();
+    }
+    format!("{}…", text.chars().take(MAX).collect::<String>())
 }
 
 /// Keys whose metadata each pass checks so that all `keys` are checked once per `full_sync`

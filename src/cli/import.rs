@@ -11,7 +11,7 @@ use std::io::IsTerminal;
 use std::path::Path;
 
 /// Puts in flight at once.
-const IMPORT_CONCURRENCY: usize = 8;
+const IMPORT_CONCURRENCY: usize = 32;
 /// Keys stored between two index writes.
 const INDEX_BATCH: usize = 500;
 

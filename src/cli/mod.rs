@@ -1,6 +1,7 @@
 //! The `keysync` command line: argument parsing and one function per subcommand.
 
 mod check_config;
+mod consumers;
 mod import;
 mod index;
 mod keys;
@@ -87,6 +88,10 @@ pub enum Command {
     /// Current / previous / pending versions, grace, disabled and external versions.
     Status {
         name: Option<String>,
+        /// Show the agents reporting NAME: what each sink holds, and whether retirement of the
+        /// previous key is held and by whom.
+        #[arg(long, requires = "name")]
+        consumers: bool,
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
     },
@@ -160,7 +165,7 @@ pub enum Command {
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff) to stdout.
     Man,
-    /// The change index agents poll: status, migrate (legacy → sharded), drop-legacy.
+    /// The change index agents poll: status, migrate (legacy to sharded), drop-legacy.
     #[command(subcommand)]
     Index(index::IndexCommand),
     /// Import many keys from JSON ({"name": "key"}) or a .env file (NAME_API_KEY=key).
@@ -265,7 +270,12 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
             keys::get(&open_store(&source).await?, &name, version, reveal, output).await
         }
         Command::List { output } => keys::list(&open_store(&source).await?, output).await,
-        Command::Status { name, output } => {
+        Command::Status { name, consumers: true, output } => {
+            let name = keys::parse_name(name.as_deref().unwrap_or_default())?;
+            let cfg = load_config(&source)?;
+            consumers::run(&cfg, &store_for(&cfg).await?, &name, output).await
+        }
+        Command::Status { name, consumers: false, output } => {
             let name = name.as_deref().map(keys::parse_name).transpose()?;
             keys::status(&open_store(&source).await?, name.as_ref(), output).await
         }

@@ -40,7 +40,7 @@ impl AnthropicRevoke {
                 self.admin_key_file.display()
             ))
         })?;
-        let admin = Secret::new(text.trim());
+        let admin = Secret::credential(text.trim());
         if admin.expose().is_empty() {
             return Err(ProviderError::Config(format!(
                 "{} is empty; it must hold the Anthropic admin key",

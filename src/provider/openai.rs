@@ -74,7 +74,7 @@ impl OpenAiConfig {
                 self.admin_key_file.display()
             )));
         }
-        Ok(Secret::new(key))
+        Ok(Secret::credential(key))
     }
 
     fn url(&self, tail: &str) -> String {

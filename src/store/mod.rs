@@ -10,7 +10,7 @@ mod kv;
 mod name;
 mod state;
 
-pub use acks::{ack_id, Ack, Acks};
+pub use acks::{ack_id, Ack, Acks, SinkHold};
 pub use index::{
     names_in_shard, shard_of, Index, IndexCursor, IndexEntry, IndexFormat, IndexSnapshot, Polled, INDEX_DIR,
     INDEX_NAME, SHARDS,

@@ -12,6 +12,7 @@ pub mod fake_openai;
 pub mod faults;
 pub mod leak;
 pub mod report;
+pub mod token_review;
 
 use rand::Rng as _;
 use serde_json::Value;
@@ -51,6 +52,11 @@ fn server_binary() -> PathBuf {
         PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
     })
     .clone()
+}
+
+/// The Vault binary the dev server runs, which is also the `vault` CLI (for scripts).
+pub fn vault_cli() -> PathBuf {
+    server_binary()
 }
 
 fn free_port() -> u16 {
