@@ -639,6 +639,7 @@ async fn several_agents_finishing_the_same_pending_version_count_it_once() {
         grace: Duration::from_secs(3600),
         adopt_after: Duration::from_secs(30),
         ack_ttl: Duration::from_secs(60),
+        max_hold: Duration::from_secs(3600),
     };
     let put = |i: usize, promote: bool| {
         let data = KeyData::new(Secret::new(format!("sk-shared-{i:04}-xxxxxxxxxxxxxxxx")));
