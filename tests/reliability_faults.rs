@@ -262,19 +262,23 @@ async fn an_outage_in_the_middle_of_a_rotation_loses_nothing_and_orphans_nothing
     assert_eq!(got["fields"]["owner"], "team-a", "provider fields carried over: {got}");
     assert!(got["fields"].get("expires_at").is_none(), "the old key's expiry is not the new key's: {got}");
     assert_eq!(read(&d.join("minted")), "id-1\nid-2\n", "one key minted per attempt");
-    assert_eq!(revoked_during, "id-1\n", "the key that could not be stored was revoked during the outage");
-    assert_eq!(read(&d.join("revoked")), "id-1\n", "and nothing else");
+    // Vault could not say whether the write landed: the key is kept, never revoked blindly
+    // (another agent could adopt and promote a stored one). Once Vault answers, keysync finds
+    // the write did not land, marks the key revoked and revokes it.
+    assert_eq!(revoked_during, "", "a key that may have been stored was revoked during the outage");
+    assert_eq!(read(&d.join("revoked")), "id-1\n", "the unstored key is revoked after the outage, and nothing else");
     assert_eq!(stats.bad + stats.missing, 0, "{stats:?}");
     // One sync pass (one request) and one rotation check per loop; each stalls for the 2 s
     // timeout: well under one request per second.
     assert!(attempts <= outage + 3.0, "{attempts} requests in {outage:.0} s of outage");
-    assert!(caught_up <= 4.0, "the rotation finished {caught_up:.1} s after the outage");
+    // Finding out (backoff ≤ 2 s), then the next rotation check and a poll.
+    assert!(caught_up <= 8.0, "the rotation finished {caught_up:.1} s after the outage");
     report::record(
         "Faults",
         &format!("{secs} s Vault outage (black hole) in the middle of a rotation: key minted, Vault gone before it was stored"),
         1,
         &format!(
-            "the unstored key was revoked at once; after the outage exactly 1 new version (v2), promoted and on disk {caught_up:.1} s later; 0 orphan keys (2 minted, 1 revoked, 1 current); fields kept; 0 torn or invalid reads of {}; {attempts:.0} requests, {connections} connections in {outage:.0} s",
+            "the key whose write got no answer was kept during the outage (not revoked blindly), then found unstored, marked and revoked; exactly 1 new version (v2), promoted and on disk {caught_up:.1} s later; 0 orphan keys (2 minted, 1 revoked, 1 current); fields kept; 0 torn or invalid reads of {}; {attempts:.0} requests, {connections} connections in {outage:.0} s",
             stats.reads
         ),
     );

@@ -381,6 +381,7 @@ fn arbitrary_state() -> impl Strategy<Value = RotationState> {
                     intent,
                     forced_retirement,
                     fingerprints: fps.into_iter().map(|(v, h)| (v, format!("sha256:{h}"))).collect(),
+                    revoked: Vec::new(),
                     managed: true,
                 }
             },

@@ -108,7 +108,10 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
     let mut reporter = report::Reporter::default();
     let mut last_ack: Option<crate::store::Ack> = None;
     let mut last_ack_at = Instant::now();
-    let mut last_rotation_check = Instant::now() - cfg.agent.rotation_check_interval.get();
+    // Rotation runs beside the poll loop, never inside it: a slow provider or a burst of due
+    // keys must not delay a render or flip /readyz (see `rotation_task`).
+    let (rotation_cfg, rotation_cfg_rx) = tokio::sync::watch::channel(Arc::new(cfg.clone()));
+    let mut rotation = tokio::spawn(rotation_task(rotation_cfg_rx, session.clone(), metrics.clone(), stop_rx.clone()));
     let exit_code = loop {
         let started = Instant::now();
         let result = syncer.pass(full).await;
@@ -171,10 +174,6 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
                 }
             }
         }
-        if cfg.agent.rotate && last_rotation_check.elapsed() >= cfg.agent.rotation_check_interval.get() {
-            last_rotation_check = Instant::now();
-            rotate_due(&cfg, &session, &metrics).await;
-        }
 
         let poll = cfg.agent.poll_interval.get();
         let mut wait =
@@ -201,6 +200,7 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
                         Ok((s, h)) => {
                             health.set_sink_failure_threshold(new_cfg.agent.unready_after_sink_failures);
                             syncer = s; hooks = h; cfg = new_cfg; full = true;
+                            rotation_cfg.send_replace(Arc::new(cfg.clone()));
                         }
                         Err(e) => tracing::error!(error = %e, "new config has a bad sink; keeping the old config"),
                     },
@@ -223,6 +223,14 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
     };
     let _ = stop_tx.send(true);
     let _ = maintain.await;
+    // A rotation step in flight is finished rather than cut (a cut one is resumed later, but
+    // may leave a minted key to clean up); the workers take no new key once stopped.
+    if tokio::time::timeout(ROTATION_STOP_WAIT, &mut rotation).await.is_err() {
+        tracing::warn!(
+            "a rotation step did not finish within {ROTATION_STOP_WAIT:?} of stopping; it resumes at the next start"
+        );
+        rotation.abort();
+    }
     Ok(exit_code)
 }
 
@@ -257,21 +265,95 @@ fn jittered(poll: Duration) -> Duration {
     poll.mul_f64(rand::rng().random_range(0.9..=1.0))
 }
 
-/// One round of rotation for every key with a provider (agent.rotate = true).
-async fn rotate_due(cfg: &Config, session: &Arc<Session>, metrics: &Arc<Metrics>) {
-    let store = KeyStore::from_config(cfg, session.clone());
-    let clock = crate::rotation::SystemClock;
-    let engine = crate::rotation::Engine { store: &store, clock: &clock, metrics: Some(metrics) };
-    for name in cfg.keys.keys() {
-        match cfg.rotation_plan(name) {
-            Ok(Some(plan)) => match engine.step(&plan, false, "scheduled rotation").await {
-                Ok(outcome) => tracing::debug!(key = %name, ?outcome, "rotation check"),
-                Err(e) => tracing::warn!(key = %name, error = %e, "rotation step failed; retrying next check"),
-            },
-            Ok(None) => {}
-            Err(e) => tracing::warn!(key = %name, error = %e, "no rotation plan"),
+/// Keys rotated at the same time by one agent: enough to hide provider latency, few enough not
+/// to swamp a provider or Vault after an outage.
+const ROTATION_CONCURRENCY: usize = 4;
+
+/// How long a stopping agent waits for the rotation steps in flight.
+const ROTATION_STOP_WAIT: Duration = Duration::from_secs(10);
+
+/// Rotation beside the poll loop (agent.rotate = true): every `rotation_check_interval`
+/// (shortened by up to 10 %, like polls), one round over every key with a provider, in a
+/// random order, [`ROTATION_CONCURRENCY`] keys at a time; rounds never overlap. A scheduled
+/// rotation starts after a random wait of up to a tenth of the interval (at most 10 s), so keys
+/// that came due together — after an outage — are spread out. Picks up a reloaded config at
+/// the next round; ends with the agent. Repeated failures are logged once per outage
+/// ([`crate::rotation::FailureLog`]).
+async fn rotation_task(
+    cfg: tokio::sync::watch::Receiver<Arc<Config>>,
+    session: Arc<Session>,
+    metrics: Arc<Metrics>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let memory = Arc::new(crate::rotation::Memory::default());
+    let log = Arc::new(std::sync::Mutex::new(crate::rotation::FailureLog::default()));
+    loop {
+        let current = cfg.borrow().clone();
+        if current.agent.rotate {
+            rotate_due(&current, &session, &metrics, &memory, &log, &stop).await;
+        }
+        let wait = jittered(current.agent.rotation_check_interval.get());
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.wait_for(|s| *s) => return,
         }
     }
+}
+
+/// One round of rotation for every key with a provider (see [`rotation_task`]).
+async fn rotate_due(
+    cfg: &Arc<Config>,
+    session: &Arc<Session>,
+    metrics: &Arc<Metrics>,
+    memory: &Arc<crate::rotation::Memory>,
+    log: &Arc<std::sync::Mutex<crate::rotation::FailureLog>>,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) {
+    use rand::seq::SliceRandom as _;
+    let mut names: Vec<String> =
+        cfg.keys.iter().filter(|(_, k)| k.provider.is_some()).map(|(n, _)| n.clone()).collect();
+    names.shuffle(&mut rand::rng());
+    let jitter = (cfg.agent.rotation_check_interval.get() / 10).min(Duration::from_secs(10));
+    let queue = Arc::new(std::sync::Mutex::new(names));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..ROTATION_CONCURRENCY {
+        let (cfg, session, metrics, memory, log, queue, stop) =
+            (cfg.clone(), session.clone(), metrics.clone(), memory.clone(), log.clone(), queue.clone(), stop.clone());
+        workers.spawn(async move {
+            let store = KeyStore::from_config(&cfg, session);
+            let clock = crate::rotation::SystemClock;
+            let mut engine = crate::rotation::Engine::new(&store, &clock, Some(&metrics), &memory);
+            engine.start_jitter = Some(jitter);
+            loop {
+                if *stop.borrow() {
+                    break;
+                }
+                let Some(name) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop() else { break };
+                let plan = match cfg.rotation_plan(&name) {
+                    Ok(Some(plan)) => plan,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::warn!(key = %name, error = %e, "no rotation plan");
+                        continue;
+                    }
+                };
+                let result = engine.step(&plan, false, "scheduled rotation").await;
+                let now = Instant::now();
+                let lines = {
+                    let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                    match &result {
+                        Ok(_) => log.succeeded(&name, now),
+                        Err(e) => log.failed(&name, e, now).into_iter().collect(),
+                    }
+                };
+                lines.iter().for_each(crate::rotation::FailureLog::emit);
+                if let Ok(outcome) = result {
+                    tracing::debug!(key = %name, ?outcome, "rotation check");
+                }
+            }
+        });
+    }
+    while workers.join_next().await.is_some() {}
 }
 
 /// Tells systemd (Type=notify) that the first render is done, when run under it.

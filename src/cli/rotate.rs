@@ -36,7 +36,8 @@ pub async fn run(
     // Many keys: index entries go out together every half second, not one PATCH per change.
     let batched = store.clone().batching_index();
     let store = if names.len() > 1 { &batched } else { store };
-    let engine = Engine { store, clock: &clock, metrics: None };
+    let memory = crate::rotation::Memory::default();
+    let engine = Engine::new(store, &clock, None, &memory);
     let bar = if std::io::stderr().is_terminal() && output == Output::Table && names.len() > 1 {
         let b = ProgressBar::new(names.len() as u64);
         if let Ok(style) = ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}") {

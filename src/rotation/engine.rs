@@ -7,10 +7,14 @@
 use super::holds::{self, Retirement};
 use super::{decide, Clock, RotationPolicy};
 use crate::provider::{Provider, Validation, Verdict};
-use crate::store::{chrono_duration, KeyData, KeyName, KeyStore, PutOptions, StoreError, VersionRead};
+use crate::store::{
+    chrono_duration, KeyData, KeyName, KeyRecord, KeyStore, Landed, PutFailure, PutOptions, StoreError, VersionRead,
+};
 use crate::telemetry::{KeyLabel, KeyReasonLabel, KeyResultLabel, KeyStateLabel, Metrics};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// Undecided validations (rate limits, outages) are retried after 1 min, 2 min, 4 min … up
@@ -60,21 +64,97 @@ pub enum Outcome {
         version: u64,
         why: String,
     },
-    /// Another agent created the version first; ours was revoked.
+    /// Another agent got there first: it created the version (ours was revoked), is rotating
+    /// the key right now, or promoted the same version at the same moment and counts it.
     LostRace,
+}
+
+/// How long a minter keeps trying to find out whether a write whose answer was lost landed,
+/// before it leaves the question to the next pass (its intent stays as the trace).
+pub const SETTLE_FOR: Duration = Duration::from_secs(20);
+
+/// A key this process minted whose fate is not settled yet: the write's answer was lost and
+/// Vault could not be asked since, or it could not mark the key revoked. Kept in memory so the
+/// next pass finishes the job — adopt it if the write landed, revoke it if not — instead of
+/// revoking blindly (another agent might promote the stored version) or forgetting it.
+#[derive(Clone, Debug)]
+struct Unsettled {
+    intent: String,
+    /// The version the CAS write would have created.
+    version: u64,
+    fingerprint: String,
+    key_id: Option<String>,
+}
+
+/// What one keysync process remembers between rotation passes: minted keys not yet settled,
+/// and the intents whose key it already stored or revoked (so a leftover intent it could not
+/// clear is not reported as an interrupted rotation).
+#[derive(Debug, Default)]
+pub struct Memory {
+    unsettled: Mutex<BTreeMap<KeyName, Unsettled>>,
+    accounted: Mutex<BTreeMap<KeyName, String>>,
+}
+
+impl Memory {
+    fn take(&self, name: &KeyName) -> Option<Unsettled> {
+        self.unsettled.lock().unwrap_or_else(|e| e.into_inner()).remove(name)
+    }
+
+    fn keep(&self, name: &KeyName, u: Unsettled) {
+        self.unsettled.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), u);
+    }
+
+    fn accounted_for(&self, name: &KeyName, intent: &str) {
+        self.accounted.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), intent.to_string());
+    }
+
+    fn is_accounted(&self, name: &KeyName, intent: &str) -> bool {
+        self.accounted.lock().unwrap_or_else(|e| e.into_inner()).get(name).is_some_and(|i| i == intent)
+    }
 }
 
 pub struct Engine<'a> {
     pub store: &'a KeyStore,
     pub clock: &'a dyn Clock,
     pub metrics: Option<&'a Metrics>,
+    /// Unsettled mints and accounted intents, kept across passes by a long-running agent.
+    pub memory: &'a Memory,
+    /// How long to keep asking Vault whether a write whose answer was lost landed.
+    pub settle_for: Duration,
+    /// A scheduled (not forced) rotation first waits a random time up to this, then checks
+    /// again: keys that came due together (after an outage) spread out, and of several agents
+    /// the first to start is seen by the others, who leave the key to it.
+    pub start_jitter: Option<Duration>,
+}
+
+impl<'a> Engine<'a> {
+    /// An engine with the default settle time and no start jitter.
+    pub fn new(store: &'a KeyStore, clock: &'a dyn Clock, metrics: Option<&'a Metrics>, memory: &'a Memory) -> Self {
+        Engine { store, clock, metrics, memory, settle_for: SETTLE_FOR, start_jitter: None }
+    }
 }
 
 impl Engine<'_> {
     /// Retires an expired previous key, resumes a pending version, or rotates if due (or
-    /// `force`). Safe to call from many agents at once and after a crash at any point.
+    /// `force`). Creates a declared key that does not exist yet (a minting provider's first
+    /// rotation: v1, no previous). Safe to call from many agents at once and after a crash at
+    /// any point.
     pub async fn step(&self, plan: &KeyPlan, force: bool, reason: &str) -> Result<Outcome, StoreError> {
         let name = &plan.name;
+        if let Some(outcome) = self.settle_earlier_mint(plan, reason).await? {
+            return Ok(outcome);
+        }
+        if self.store.record(name).await?.is_none() {
+            if matches!(plan.provider, Provider::Manual(_)) {
+                return Err(StoreError::NotFound(name.clone()));
+            }
+            if !force && self.wait_start_jitter().await && self.store.record(name).await?.is_some() {
+                tracing::info!(key = %name, "another agent created the key meanwhile; leaving it to them");
+                return Ok(Outcome::LostRace);
+            }
+            tracing::info!(key = %name, "declared key does not exist yet; creating it");
+            return self.create(plan, reason, None, force).await;
+        }
         self.retire_if_due(plan).await?;
         let record = self.store.require(name).await?;
         if let Some(pending) = record.state.pending {
@@ -124,7 +204,54 @@ impl Engine<'_> {
             tracing::warn!(key = %name, "rotation due but the key is managed by hand; put a new one with `keysync put`");
             return Ok(Outcome::Overdue { since: decision.next });
         }
-        self.create(plan, reason, &record, force).await
+        let mut record = record;
+        if !force && self.wait_start_jitter().await {
+            let fresh = self.store.require(name).await?;
+            if fresh.meta.current_version != record.meta.current_version || fresh.state.pending != record.state.pending
+            {
+                tracing::info!(key = %name, "another agent rotated the key meanwhile; leaving it to them");
+                return Ok(Outcome::LostRace);
+            }
+            record = fresh;
+        }
+        self.create(plan, reason, Some(&record), force).await
+    }
+
+    /// Sleeps a random time up to `start_jitter`; false without jitter.
+    async fn wait_start_jitter(&self) -> bool {
+        let Some(j) = self.start_jitter.filter(|j| !j.is_zero()) else { return false };
+        let wait = {
+            use rand::Rng as _;
+            j.mul_f64(rand::rng().random_range(0.0..1.0))
+        };
+        tokio::time::sleep(wait).await;
+        true
+    }
+
+    /// Finishes what this process left unsettled at an earlier pass (a minted key whose write
+    /// answer was lost): adopt it if the write landed, revoke it (marked first) if not.
+    async fn settle_earlier_mint(&self, plan: &KeyPlan, reason: &str) -> Result<Option<Outcome>, StoreError> {
+        let Some(u) = self.memory.take(&plan.name) else { return Ok(None) };
+        match self.store.find_write(&plan.name, u.version, &u.fingerprint).await {
+            Landed::Yes { version } => {
+                tracing::info!(key = %plan.name, version, "the write of the earlier rotation landed after all; finishing it");
+                self.finish_landed(plan, &u, version).await?;
+                self.validate_and_promote(plan, version, reason).await.map(Some)
+            }
+            Landed::No => {
+                tracing::info!(key = %plan.name, "the write of the earlier rotation did not land; revoking its key");
+                self.discard_unstored(plan, u).await?;
+                Ok(None)
+            }
+            Landed::Unknown => {
+                let why = format!(
+                    "still cannot find out whether the new version {} of {} was stored; its key is kept, not revoked, until Vault answers",
+                    u.version, plan.name
+                );
+                self.memory.keep(&plan.name, u);
+                Err(StoreError::Refused(why))
+            }
+        }
     }
 
     /// A latest version newer than anything the state knows was written by a keysync that
@@ -148,6 +275,13 @@ impl Engine<'_> {
             return Ok(None);
         }
         let VersionRead::Live(data) = self.store.read(&plan.name, latest).await? else { return Ok(None) };
+        if s.is_revoked(&data.api_key.fingerprint()) {
+            // Its key was revoked (a minter that found out too late that the write landed, or
+            // crashed between marking and cleaning up): never adopted. Finish the clean-up.
+            tracing::info!(key = %plan.name, version = latest, "the latest version holds a key keysync revoked; discarding it");
+            self.discard(plan, latest, &data, "revoked before it was recorded").await?;
+            return Ok(None);
+        }
         let external = !data.fields.contains_key(crate::store::WRITTEN_BY_FIELD);
         if external && !plan.policy.adopt_external {
             return Ok(None); // written by hand: external, reported by `status`
@@ -176,28 +310,28 @@ impl Engine<'_> {
         &self,
         plan: &KeyPlan,
         reason: &str,
-        record: &crate::store::KeyRecord,
+        record: Option<&KeyRecord>,
         force: bool,
     ) -> Result<Outcome, StoreError> {
         let name = &plan.name;
         let now = self.clock.now();
-        if let Some(old) = &record.state.intent {
-            // Another live agent is rotating right now: minting too would only make a key that
-            // loses the CAS race and is revoked again (with many agents, several per rotation).
-            if !force && self.is_peers_fresh_intent(old, now, plan.adopt_after) {
+        let latest = record.map_or(0, |r| r.meta.current_version);
+        if let Some(old) = record.and_then(|r| r.state.intent.as_ref()) {
+            if self.memory.is_accounted(name, old) {
+                // Ours, and its key is already stored or revoked: only the clearing failed.
+                tracing::debug!(key = %name, intent = %old, "replacing our own earlier intent (its key is accounted for)");
+            } else if !force && self.is_peers_fresh_intent(old, now, plan.adopt_after) {
+                // Another live agent is rotating right now: minting too would only make a key
+                // that loses the CAS race and is revoked again (with many agents, several per
+                // rotation).
                 tracing::info!(key = %name, intent = %old, "another agent is rotating this key; leaving it to them");
                 return Ok(Outcome::LostRace);
+            } else {
+                tracing::warn!(key = %name, intent = %old, "an earlier rotation was interrupted after it may have minted a key; check the provider for an unused key");
             }
-            tracing::warn!(key = %name, intent = %old, "an earlier rotation was interrupted after it may have minted a key; check the provider for an unused key");
         }
-        let intent = format!("{} at {}", self.store.actor(), now.to_rfc3339());
-        let ours = intent.clone();
-        self.store
-            .update_state(name, |_, s| {
-                s.intent = Some(intent);
-                Ok(())
-            })
-            .await?;
+        let ours = format!("{} at {}", self.store.actor(), now.to_rfc3339());
+        self.store.record_intent(name, &ours).await?;
         crate::failpoint::hit("after_intent");
         // Build on the state that now carries the intent, but keep the CAS on the version we
         // decided from: if anyone wrote since, our write must lose.
@@ -207,12 +341,13 @@ impl Engine<'_> {
             tracing::info!(key = %name, "another agent started rotating this key at the same moment; leaving it to them");
             return Ok(Outcome::LostRace);
         }
-        with_intent.meta.current_version = record.meta.current_version;
+        with_intent.meta.current_version = latest;
         let record = &with_intent;
         self.reconcile(plan, record).await;
         let minted = match plan.provider.mint_for(name.as_str()).await {
             Ok(m) => m,
             Err(e) if e.nothing_minted() => {
+                self.memory.accounted_for(name, &ours); // nothing to account for
                 self.clear_intent(name).await;
                 return Err(StoreError::Refused(format!("minting a key for {name} failed: {e}")));
             }
@@ -225,6 +360,7 @@ impl Engine<'_> {
         };
         crate::failpoint::hit("after_mint");
         let key_id = minted.key_id.clone();
+        let fingerprint = minted.api_key.fingerprint();
         let mut data = KeyData::new(minted.api_key);
         for (k, v) in minted.fields {
             data.fields.insert(k, Value::String(v));
@@ -236,30 +372,174 @@ impl Engine<'_> {
             data.fields.insert("expires_at".into(), Value::String(exp.to_rfc3339()));
         }
         let opts = PutOptions { promote: false, reason: reason.to_string(), keep_fields: true };
-        let outcome = match self.store.put_from(name, data, &opts, Some(record.clone())).await {
+        let mint = Unsettled { intent: ours, version: latest + 1, fingerprint, key_id };
+        let outcome = match self.store.try_put_from(name, data, &opts, Some(record.clone())).await {
             Ok(o) => o,
-            Err(StoreError::Conflict { .. }) => {
-                self.revoke(plan, key_id.as_deref(), "lost the race to create the new version").await;
-                self.clear_intent(name).await;
-                self.count(name, "lost_race");
-                return Ok(Outcome::LostRace);
-            }
-            Err(e) => {
-                // The write may or may not have landed; if not, don't leave the key live.
-                self.revoke(plan, key_id.as_deref(), "could not store the minted key").await;
-                return Err(e);
-            }
+            Err(failure) => return self.settle_failed_write(plan, reason, failure, mint).await,
         };
         crate::failpoint::hit("after_put");
+        self.memory.accounted_for(name, &mint.intent);
         self.clear_intent(name).await;
         tracing::info!(key = %name, version = outcome.version, "created a pending version");
         crate::failpoint::hit("after_pending");
         self.validate_and_promote(plan, outcome.version, reason).await
     }
 
+    /// The CAS write of a minted key failed. Never revoke a key Vault may have stored: another
+    /// agent would adopt and promote the revoked key. So: not written — mark it revoked, revoke
+    /// it; written — finish it (record it as pending); answer lost — find out by reading the
+    /// version the write would have created (its number is fixed by the CAS), for up to
+    /// `settle_for`, and if Vault still cannot be asked, keep the key (and the intent as the
+    /// trace) for the next pass to settle.
+    async fn settle_failed_write(
+        &self,
+        plan: &KeyPlan,
+        reason: &str,
+        failure: PutFailure,
+        mint: Unsettled,
+    ) -> Result<Outcome, StoreError> {
+        let name = &plan.name;
+        let landed = match failure.landed {
+            Landed::Unknown => {
+                tracing::warn!(key = %name, version = mint.version, error = %failure.error, "the answer to the write of the new version was lost; finding out whether it landed before doing anything with the key");
+                self.find_out(name, &mint).await
+            }
+            known => known,
+        };
+        match landed {
+            Landed::No if matches!(failure.error, StoreError::Conflict { .. }) => {
+                self.discard_unstored(plan, mint).await?;
+                self.count(name, "lost_race");
+                Ok(Outcome::LostRace)
+            }
+            Landed::No => {
+                self.discard_unstored(plan, mint).await?;
+                Err(failure.error)
+            }
+            Landed::Yes { version } => {
+                tracing::info!(key = %name, version, "the new version was stored; recording it as pending");
+                self.finish_landed(plan, &mint, version).await?;
+                self.validate_and_promote(plan, version, reason).await
+            }
+            Landed::Unknown => {
+                let why = format!(
+                    "could not find out within {:?} whether the new version {} of {name} was stored ({}); its key is kept, not revoked — the next rotation check adopts it if it was stored and revokes it if not",
+                    self.settle_for, mint.version, failure.error
+                );
+                self.memory.keep(name, mint);
+                Err(StoreError::Refused(why))
+            }
+        }
+    }
+
+    /// Asks Vault whether `mint` landed, with backoff (0.25 s, 0.5 s, 1 s, then every 2 s) for
+    /// `settle_for`.
+    async fn find_out(&self, name: &KeyName, mint: &Unsettled) -> Landed {
+        let deadline = tokio::time::Instant::now() + self.settle_for;
+        let mut wait = Duration::from_millis(250);
+        loop {
+            match self.store.find_write(name, mint.version, &mint.fingerprint).await {
+                Landed::Unknown if tokio::time::Instant::now() + wait < deadline => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+                known => return known,
+            }
+        }
+    }
+
+    /// A minted key that Vault holds as `version` but whose recording failed: record it as
+    /// pending (the data is there, the key is live: it is finished, not revoked).
+    async fn finish_landed(&self, plan: &KeyPlan, mint: &Unsettled, version: u64) -> Result<(), StoreError> {
+        let fp = mint.fingerprint.clone();
+        let ours = mint.intent.clone();
+        let recorded = self
+            .store
+            .update_state(&plan.name, |_, s| {
+                s.fingerprints.insert(version, fp);
+                if s.current.is_none_or(|c| c < version) && s.pending.is_none_or(|p| p <= version) {
+                    s.pending = Some(version);
+                }
+                if s.intent.as_deref() == Some(ours.as_str()) {
+                    s.intent = None;
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(e) = recorded {
+            // Stored but not recorded: any agent adopts it from the data; we do it next pass.
+            self.memory.keep(&plan.name, mint.clone());
+            return Err(e);
+        }
+        self.memory.accounted_for(&plan.name, &mint.intent);
+        Ok(())
+    }
+
+    /// A minted key Vault did not store: mark it revoked (so a write that still lands late is
+    /// never adopted), revoke it at the provider, clear our intent. If the mark cannot be
+    /// written the key is kept for the next pass — never revoked unmarked.
+    async fn discard_unstored(&self, plan: &KeyPlan, mint: Unsettled) -> Result<(), StoreError> {
+        let name = &plan.name;
+        let marked = if crate::failpoint::fail("mark_unstored") {
+            Err(StoreError::Refused("failpoint mark_unstored".into()))
+        } else {
+            self.mark_revoked(name, &mint.fingerprint).await
+        };
+        if let Err(e) = marked {
+            tracing::warn!(key = %name, error = %e, "cannot mark the unstored key revoked yet; keeping it for the next rotation check");
+            self.memory.keep(name, mint);
+            return Err(e);
+        }
+        self.revoke(plan, mint.key_id.as_deref(), "the new version was not stored").await;
+        self.memory.accounted_for(name, &mint.intent);
+        let ours = mint.intent;
+        let cleared = self
+            .store
+            .update_state(name, |_, s| {
+                if s.intent.as_deref() == Some(ours.as_str()) {
+                    s.intent = None;
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(e) = cleared {
+            tracing::debug!(key = %name, error = %e, "could not clear our intent; it is accounted for");
+        }
+        Ok(())
+    }
+
+    /// Records the key with fingerprint `fp` as revoked, before it is revoked (a key is not
+    /// marked in a key that no longer exists: nothing can adopt from it).
+    async fn mark_revoked(&self, name: &KeyName, fp: &str) -> Result<(), StoreError> {
+        if crate::failpoint::fail("mark_revoked") {
+            return Err(StoreError::Vault(crate::vault::VaultError::Unreachable {
+                address: "(failpoint)".into(),
+                op: format!("PATCH metadata of {name}"),
+                detail: "failpoint mark_revoked".into(),
+            }));
+        }
+        let fp = fp.to_string();
+        match self
+            .store
+            .update_state(name, |_, s| {
+                s.mark_revoked(&fp);
+                Ok(())
+            })
+            .await
+        {
+            Ok(_) | Err(StoreError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn validate_and_promote(&self, plan: &KeyPlan, version: u64, reason: &str) -> Result<Outcome, StoreError> {
         let name = &plan.name;
         let data = match self.store.read(name, version).await? {
+            VersionRead::Live(d) if self.store.require(name).await?.state.is_revoked(&d.api_key.fingerprint()) => {
+                // Marked revoked by an agent that is revoking it (or crashed doing so): never
+                // validated or promoted; finish the revocation (idempotent).
+                return self.give_up(plan, version, &d, "its key was revoked by keysync".into()).await;
+            }
             VersionRead::Live(d) => d,
             _ => {
                 self.store
@@ -322,11 +602,18 @@ impl Engine<'_> {
         let actor = self.store.actor().to_string();
         let reason = reason.to_string();
         let writer = data.fields.get(crate::store::WRITTEN_BY_FIELD).and_then(Value::as_str).map(str::to_string);
+        let fp = data.api_key.fingerprint();
         let mut previous = None;
         let mut already = false;
         self.store
             .update_state(name, |_, s| {
+                if s.is_revoked(&fp) {
+                    return Err(StoreError::Refused(format!(
+                        "{name} v{version} was marked revoked while it was being validated; not promoted"
+                    )));
+                }
                 clear_intent_of(s, writer.as_deref());
+                s.fingerprints.insert(version, fp.clone());
                 if s.current == Some(version) {
                     already = true; // a peer finishing the same pending version got there first
                     return Ok(());
@@ -350,21 +637,66 @@ impl Engine<'_> {
             return Ok(Outcome::LostRace);
         }
         crate::failpoint::hit("after_promote");
-        self.count(name, "rotated");
-        tracing::info!(key = %name, version, "promoted");
-        Ok(Outcome::Rotated { version, previous })
+        // Vault has no metadata CAS: an agent that read the state before a peer marked this
+        // key revoked may still have promoted it. Look again, and step back if so.
+        let after = self.store.require(name).await?;
+        if after.state.is_revoked(&fp) && after.state.current == Some(version) {
+            tracing::error!(key = %name, version, "the promoted key was marked revoked by another agent at the same moment; restoring the earlier current key");
+            self.store
+                .update_state(name, |_, s| {
+                    if s.current == Some(version) {
+                        s.current = previous;
+                        s.previous = None;
+                        s.grace_until = None;
+                        s.failed.insert(version);
+                    }
+                    Ok(())
+                })
+                .await?;
+            self.count(name, "failed");
+            return Ok(Outcome::Failed { version, why: "its key was revoked while it was promoted".into() });
+        }
+        // Several agents may have promoted this version at once; exactly one counts it.
+        match self.store.claim_promotion(name, version, &fp).await {
+            Ok(true) => {
+                self.count(name, "rotated");
+                tracing::info!(key = %name, version, "promoted");
+                Ok(Outcome::Rotated { version, previous })
+            }
+            Ok(false) => {
+                self.count(name, "lost_race");
+                tracing::info!(key = %name, version, "promoted at the same moment as another agent, which counts it");
+                Ok(Outcome::LostRace)
+            }
+            Err(e) => {
+                tracing::warn!(key = %name, version, error = %e, "promoted, but could not record the promotion count");
+                Ok(Outcome::Rotated { version, previous })
+            }
+        }
     }
 
-    /// A pending version that will not be promoted: mark it failed, revoke it at the
-    /// provider, destroy its data (the fingerprint stays for audit).
+    /// A pending version that will not be promoted: mark its key revoked, revoke it at the
+    /// provider, then mark the version failed and destroy its data (the fingerprint stays for
+    /// audit).
     ///
-    /// Revoke first: a crash after marking the version failed but before revoking would leave
-    /// a live key at the provider that nothing points at any more. Revoking again on resume is
-    /// harmless (providers treat an already revoked key as done).
+    /// Mark first: from then on no agent adopts, validates or promotes it. The version stays
+    /// pending until the provider revoked it, so a crash in between is resumed here (the
+    /// mark sends the resuming agent to this function again): a key is never left live at the
+    /// provider with nothing pointing at it. Revoking again is harmless (providers treat an
+    /// already revoked key as done).
     async fn give_up(&self, plan: &KeyPlan, version: u64, data: &KeyData, why: String) -> Result<Outcome, StoreError> {
+        self.mark_revoked(&plan.name, &data.api_key.fingerprint()).await?;
+        self.discard(plan, version, data, "failed validation").await?;
+        self.count(&plan.name, "failed");
+        Ok(Outcome::Failed { version, why })
+    }
+
+    /// Revokes the (already marked) key of `version`, then marks the version failed and
+    /// destroys its data.
+    async fn discard(&self, plan: &KeyPlan, version: u64, data: &KeyData, why: &str) -> Result<(), StoreError> {
         let name = &plan.name;
         let key_id = data.fields.get("key_id").and_then(Value::as_str);
-        self.revoke(plan, key_id, "failed validation").await;
+        self.revoke(plan, key_id, why).await;
         crate::failpoint::hit("after_refused_revoke");
         let writer = data.fields.get(crate::store::WRITTEN_BY_FIELD).and_then(Value::as_str).map(str::to_string);
         self.store
@@ -374,15 +706,16 @@ impl Engine<'_> {
                 if s.pending == Some(version) {
                     s.pending = None;
                 }
-                s.retry = None;
+                if s.retry.as_ref().is_some_and(|r| r.version == version) {
+                    s.retry = None;
+                }
                 Ok(())
             })
             .await?;
         if let Err(e) = self.store.kv().destroy(name, &[version]).await {
             tracing::warn!(key = %name, version, error = %e, "could not destroy the refused version's data");
         }
-        self.count(name, "failed");
-        Ok(Outcome::Failed { version, why })
+        Ok(())
     }
 
     /// Retires the previous key when [`super::holds::decide`] says so: early once every
@@ -426,6 +759,9 @@ impl Engine<'_> {
         if plan.policy.revoke_previous.unwrap_or(true) && plan.provider.can_revoke() {
             if let VersionRead::Live(d) = self.store.read(name, prev).await? {
                 if let Some(id) = d.fields.get("key_id").and_then(Value::as_str) {
+                    // Mark, revoke, clean up: a rollback (or anything else) never brings the
+                    // key back once its revocation started.
+                    self.mark_revoked(name, &d.api_key.fingerprint()).await?;
                     plan.provider
                         .revoke(id)
                         .await

@@ -6,7 +6,9 @@ mod clock;
 mod engine;
 pub mod holds;
 mod policy;
+mod quiet;
 
 pub use clock::{Clock, FakeClock, SystemClock};
-pub use engine::{Engine, KeyPlan, Outcome};
+pub use engine::{Engine, KeyPlan, Memory, Outcome, SETTLE_FOR};
 pub use policy::{decide, jitter_offset, parse_schedule, Decision, RotationPolicy};
+pub use quiet::FailureLog;

@@ -244,6 +244,54 @@ impl Kv {
         }
     }
 
+    /// Creates a key's metadata (no version yet) with these custom_metadata fields. POST
+    /// replaces custom_metadata whole: only for a key that does not exist (see
+    /// [`super::KeyStore::record_intent`]).
+    pub async fn create_metadata(&self, name: &KeyName, custom: Map<String, Value>) -> Result<(), VaultError> {
+        let custom: Map<String, Value> = custom.into_iter().filter(|(_, v)| !v.is_null()).collect();
+        let req =
+            Request::post(self.path("metadata", name), "kv_create_metadata", json!({ "custom_metadata": custom }));
+        self.session.request(&req).await.map(|_| ())
+    }
+
+    /// `<mount>/data/<prefix>/_promotions/<name>`: which promotion of a key was last counted.
+    fn promotion_path(&self, name: &KeyName) -> String {
+        format!("{}/data/{}/_promotions/{name}", self.mount, self.prefix)
+    }
+
+    /// The promotion record of a key: its KV version (0: none yet, the `cas` for the next
+    /// write) and the (version, fingerprint) it counted.
+    pub async fn promotion_record(&self, name: &KeyName) -> Result<(u64, Option<(u64, String)>), VaultError> {
+        let req = Request::get(self.promotion_path(name), "kv_read_promotion");
+        let resp = self.session.request_allowing(&req, &[404]).await?;
+        let at = resp.body.pointer("/data/metadata/version").and_then(Value::as_u64).unwrap_or(0);
+        if resp.status == 404 {
+            return Ok((at, None));
+        }
+        let data = resp.body.pointer("/data/data");
+        let version = data.and_then(|d| d.get("version")).and_then(Value::as_u64);
+        let fp = data.and_then(|d| d.get("fingerprint")).and_then(Value::as_str).map(str::to_string);
+        Ok((at, version.zip(fp)))
+    }
+
+    /// Writes the promotion record with check-and-set on `cas` (see
+    /// [`super::KeyStore::claim_promotion`]). Only the latest version matters; KV prunes the rest.
+    pub async fn write_promotion_record(
+        &self,
+        name: &KeyName,
+        cas: u64,
+        version: u64,
+        fingerprint: &str,
+        by: &str,
+    ) -> Result<(), VaultError> {
+        let req = Request::post(
+            self.promotion_path(name),
+            "kv_write_promotion",
+            json!({ "options": { "cas": cas }, "data": { "version": version, "fingerprint": fingerprint, "by": by } }),
+        );
+        self.session.request(&req).await.map(|_| ())
+    }
+
     /// Soft-deletes versions (recoverable with [`Self::undelete`]).
     pub async fn delete_versions(&self, name: &KeyName, versions: &[u64]) -> Result<(), VaultError> {
         self.versions_call("delete", "kv_delete", name, versions).await

@@ -18,7 +18,8 @@ pub use index::{
 pub use kv::{KeyData, Kv, Metadata, VersionMeta, VersionRead};
 pub use name::KeyName;
 pub use state::{
-    is_fingerprint, RotationState, StateError, ValidationRetry, FIXED_FIELDS, MAX_FINGERPRINTS, SCHEMA_FIELD,
+    is_fingerprint, revoked_mark, RotationState, StateError, ValidationRetry, FIXED_FIELDS, MAX_FINGERPRINTS,
+    MAX_REVOKED_MARKS, SCHEMA_FIELD,
 };
 
 use crate::secret::Secret;
@@ -45,6 +46,46 @@ pub enum StoreError {
     Conflict { name: KeyName, winner_version: u64, winner: String },
     #[error("{0}")]
     Refused(String),
+}
+
+/// Whether a CAS write of a new version landed, as far as the writer can tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Landed {
+    /// Nothing was written: refused before or by Vault (a CAS conflict, a 4xx).
+    No,
+    /// The version exists; what failed came after it (recording it in the metadata).
+    Yes { version: u64 },
+    /// The answer was lost (connection reset, timeout, 5xx, an unreadable 2xx): the write may
+    /// or may not have landed. Find out with [`KeyStore::find_write`] before acting on it.
+    Unknown,
+}
+
+/// A failed [`KeyStore::try_put_from`]: the error, and whether the data write landed.
+#[derive(Debug)]
+pub struct PutFailure {
+    pub landed: Landed,
+    pub error: StoreError,
+}
+
+impl PutFailure {
+    fn not_landed(error: impl Into<StoreError>) -> Self {
+        PutFailure { landed: Landed::No, error: error.into() }
+    }
+}
+
+/// What a write that failed with this error did: a refusal wrote nothing; a lost answer or a
+/// server error may have come after the write was applied.
+fn landed_after(error: &VaultError) -> Landed {
+    match error {
+        VaultError::Unreachable { .. } | VaultError::InvalidResponse { .. } => Landed::Unknown,
+        VaultError::Api { status, .. } if *status >= 500 => Landed::Unknown,
+        VaultError::Api { .. }
+        | VaultError::CasConflict { .. }
+        | VaultError::PermissionDenied { .. }
+        | VaultError::TokenInvalid(_)
+        | VaultError::Auth(_)
+        | VaultError::Settings(_) => Landed::No,
+    }
 }
 
 /// The role of one version, as `status` and `audit` show it.
@@ -240,11 +281,25 @@ impl KeyStore {
     pub async fn put_from(
         &self,
         name: &KeyName,
-        mut data: KeyData,
+        data: KeyData,
         opts: &PutOptions,
         record: Option<KeyRecord>,
     ) -> Result<PutOutcome, StoreError> {
-        validate_api_key(name, &data.api_key)?;
+        self.try_put_from(name, data, opts, record).await.map_err(|f| f.error)
+    }
+
+    /// [`Self::put_from`] that also says, on failure, whether the new version was written:
+    /// a rotation must never revoke a key that Vault stored (another agent would adopt and
+    /// promote it), nor leave one live that it did not. The version a CAS write creates is
+    /// fixed (the latest it was based on + 1), so a lost answer can be settled by reading it.
+    pub async fn try_put_from(
+        &self,
+        name: &KeyName,
+        mut data: KeyData,
+        opts: &PutOptions,
+        record: Option<KeyRecord>,
+    ) -> Result<PutOutcome, PutFailure> {
+        validate_api_key(name, &data.api_key).map_err(PutFailure::not_landed)?;
         let fingerprint = data.api_key.fingerprint();
         let (before, latest) = match &record {
             Some(r) => (r.state.clone(), r.meta.current_version),
@@ -262,7 +317,7 @@ impl KeyStore {
                 });
             }
             if opts.keep_fields {
-                if let VersionRead::Live(old) = self.kv.read(name, current).await? {
+                if let VersionRead::Live(old) = self.kv.read(name, current).await.map_err(PutFailure::not_landed)? {
                     for (k, v) in old.fields {
                         if !is_provenance_field(&k) && !is_key_specific_field(&k) {
                             data.fields.entry(k).or_insert(v);
@@ -271,14 +326,32 @@ impl KeyStore {
                 }
             }
         }
+        if before.is_revoked(&fingerprint) {
+            return Err(PutFailure::not_landed(StoreError::Refused(format!(
+                "the key given for {name} (fingerprint {}) was revoked by keysync; put a new key",
+                crate::secret::short_fingerprint(&fingerprint)
+            ))));
+        }
         data.fields.insert(WRITTEN_BY_FIELD.into(), Value::String(self.actor.clone()));
         data.fields.insert(REASON_FIELD.into(), Value::String(opts.reason.clone()));
-        let version = match self.kv.write(name, &data, latest).await {
+        let written = if crate::failpoint::fail("kv_write_refused") {
+            Err(lost_answer(&self.kv, name, "failpoint kv_write_refused: not sent"))
+        } else {
+            self.kv.write(name, &data, latest).await
+        };
+        let written = match written {
+            Ok(_) if crate::failpoint::fail("kv_write_lost_answer") => {
+                Err(lost_answer(&self.kv, name, "failpoint kv_write_lost_answer: written, answer dropped"))
+            }
+            other => other,
+        };
+        let version = match written {
             Ok(v) => v,
-            Err(VaultError::CasConflict { .. }) => return Err(self.conflict(name).await),
-            Err(e) => return Err(e.into()),
+            Err(VaultError::CasConflict { .. }) => return Err(PutFailure::not_landed(self.conflict(name).await)),
+            Err(e) => return Err(PutFailure { landed: landed_after(&e), error: e.into() }),
         };
         crate::failpoint::hit("put_after_data");
+        let landed = |e: VaultError| PutFailure { landed: Landed::Yes { version }, error: e.into() };
         let now = Utc::now();
         let mut after = before.clone();
         after.managed = true;
@@ -299,11 +372,94 @@ impl KeyStore {
             after.pending = Some(version);
         }
         after.prune(record.as_ref().map_or(1, |r| r.meta.oldest_version));
-        self.kv.patch_custom_metadata(name, after.merge_patch(&before)).await?;
+        self.kv.patch_custom_metadata(name, after.merge_patch(&before)).await.map_err(landed)?;
         if opts.promote {
             self.publish_fresh(name, &after, false).await;
         }
         Ok(PutOutcome { name: name.clone(), version, fingerprint, promoted: opts.promote, previous, unchanged: false })
+    }
+
+    /// Settles a write whose answer was lost: did version `version` (the one a CAS write on
+    /// `version - 1` creates) land with the key of fingerprint `fingerprint`, written by us?
+    /// [`Landed::Unknown`] only when Vault cannot be asked. A version whose data is deleted or
+    /// destroyed cannot be told apart, but its key is unreachable either way: [`Landed::No`].
+    pub async fn find_write(&self, name: &KeyName, version: u64, fingerprint: &str) -> Landed {
+        match self.kv.read(name, version).await {
+            Ok(VersionRead::Live(d)) => {
+                let ours = d.api_key.fingerprint() == fingerprint
+                    && d.fields.get(WRITTEN_BY_FIELD).and_then(Value::as_str) == Some(self.actor.as_str());
+                if ours {
+                    Landed::Yes { version }
+                } else {
+                    Landed::No
+                }
+            }
+            Ok(VersionRead::Missing | VersionRead::Deleted | VersionRead::Destroyed) => Landed::No,
+            Err(e) => {
+                tracing::debug!(key = %name, version, error = %e, "cannot find out whether the write landed yet");
+                Landed::Unknown
+            }
+        }
+    }
+
+    /// Records a key's rotation intent before minting, creating the key's metadata when the
+    /// key does not exist yet (a declared key created by its first rotation). Vault has no
+    /// "create if absent" for metadata: a PATCH answers 404 for a missing key, then a POST
+    /// creates it — the POST replaces custom_metadata whole, so it is sent only right after a
+    /// 404, and a peer that created the key in between loses at most its intent (its version
+    /// is still found, adopted or promoted from the data).
+    pub async fn record_intent(&self, name: &KeyName, intent: &str) -> Result<(), StoreError> {
+        match self.record(name).await? {
+            Some(_) => {
+                self.update_state(name, |_, s| {
+                    s.intent = Some(intent.to_string());
+                    Ok(())
+                })
+                .await?;
+            }
+            None => {
+                let state = RotationState { intent: Some(intent.to_string()), managed: true, ..Default::default() };
+                let patch = state.merge_patch(&RotationState::default());
+                match self.kv.patch_custom_metadata(name, patch.clone()).await {
+                    Ok(()) => {}
+                    Err(e) if e.is_not_found() => self.kv.create_metadata(name, patch).await?,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Claims the count of one promotion: true for exactly one caller per (version, key).
+    ///
+    /// Promotion is a metadata PATCH, and Vault 1.14 has no check-and-set on metadata, so two
+    /// agents finishing the same pending version at the same instant both write `current = v`
+    /// (the same value: harmless) and both believe they promoted it. A re-read cannot tell
+    /// them apart: whichever PATCH lands last wins, and a re-read right after one's own PATCH
+    /// may come before a peer's. So the count is decided by the one conditional write KV v2
+    /// has: a CAS write of `<prefix>/_promotions/<NAME>` (data: the version and fingerprint
+    /// last counted). The rule: after its promotion PATCH, every agent that changed `current`
+    /// claims; the claim reads the record — already this version and key: someone counted it
+    /// — and otherwise writes it with `cas` = the version it read. Of concurrent claimers
+    /// exactly one write succeeds; the others get a CAS conflict, re-read, and find the version
+    /// counted. The key's fingerprint is part of the claim so a key deleted and created again
+    /// (versions restart at 1) is counted afresh. A claim that cannot be made (Vault down) is
+    /// an error: the caller does not count (a crash loses its counters anyway).
+    pub async fn claim_promotion(&self, name: &KeyName, version: u64, fingerprint: &str) -> Result<bool, StoreError> {
+        for _ in 0..8 {
+            let (at, counted) = self.kv.promotion_record(name).await?;
+            if counted.as_ref().is_some_and(|(v, fp)| *v == version && fp == fingerprint) {
+                return Ok(false);
+            }
+            match self.kv.write_promotion_record(name, at, version, fingerprint, &self.actor).await {
+                Ok(()) => return Ok(true),
+                Err(VaultError::CasConflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Refused(format!(
+            "could not record the promotion of {name} v{version}: too many concurrent claims"
+        )))
     }
 
     /// After a lost CAS: who won?
@@ -416,14 +572,24 @@ impl KeyStore {
                 )))
             }
         };
-        if !matches!(self.kv.read(name, target).await?, VersionRead::Live(_)) {
-            return Err(StoreError::Refused(format!(
-                "previous version {target} of {name} is deleted or destroyed; cannot roll back to it"
-            )));
+        match self.kv.read(name, target).await? {
+            VersionRead::Live(d) if record.state.is_revoked(&d.api_key.fingerprint()) => {
+                return Err(StoreError::Refused(format!(
+                    "previous version {target} of {name} is being revoked at the provider; cannot roll back to it — put a working key with `keysync put {name}`"
+                )))
+            }
+            VersionRead::Live(_) => {}
+            _ => {
+                return Err(StoreError::Refused(format!(
+                    "previous version {target} of {name} is deleted or destroyed; cannot roll back to it"
+                )))
+            }
         }
         let reason = reason.to_string();
         self.update_state(name, move |r, s| {
-            if r.state.previous != Some(target) {
+            if r.state.previous != Some(target)
+                || r.state.fingerprints.get(&target).is_some_and(|fp| r.state.is_revoked(fp))
+            {
                 return Err(StoreError::Refused(format!("{name} changed while rolling back; run the command again")));
             }
             s.previous = r.state.current;
@@ -488,6 +654,15 @@ impl KeyStore {
         }
         self.kv.destroy(name, &[version]).await?;
         Ok(())
+    }
+}
+
+/// The error a lost answer to a write looks like (failpoints only).
+fn lost_answer(kv: &Kv, name: &KeyName, detail: &str) -> VaultError {
+    VaultError::Unreachable {
+        address: "(failpoint)".into(),
+        op: format!("POST {}", kv.path("data", name)),
+        detail: detail.into(),
     }
 }
 
@@ -561,5 +736,31 @@ fn user_name_of_uid() -> String {
             }
         }
         format!("uid{uid}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(status: u16) -> VaultError {
+        VaultError::Api { method: "POST".into(), path: "p".into(), status, message: "m".into() }
+    }
+
+    #[test]
+    fn only_a_lost_answer_or_a_server_error_leaves_a_write_unknown() {
+        let unreachable =
+            VaultError::Unreachable { address: "a".into(), op: "POST p".into(), detail: "connection reset".into() };
+        assert_eq!(landed_after(&unreachable), Landed::Unknown);
+        assert_eq!(landed_after(&api(500)), Landed::Unknown);
+        assert_eq!(landed_after(&api(503)), Landed::Unknown);
+        let garbled =
+            VaultError::InvalidResponse { method: "POST".into(), path: "p".into(), detail: "no version".into() };
+        assert_eq!(landed_after(&garbled), Landed::Unknown, "a 2xx we could not read may have written");
+        // Refusals wrote nothing.
+        assert_eq!(landed_after(&api(400)), Landed::No);
+        assert_eq!(landed_after(&api(429)), Landed::No);
+        assert_eq!(landed_after(&VaultError::CasConflict { path: "p".into() }), Landed::No);
+        assert_eq!(landed_after(&VaultError::TokenInvalid("gone".into())), Landed::No);
     }
 }

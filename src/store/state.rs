@@ -19,7 +19,7 @@ pub const MAX_FINGERPRINTS: usize = 40;
 const MAX_VALUE: usize = 512;
 
 /// The custom_metadata fields keysync owns besides `fp.v<N>` (see [`RotationState::is_own_field`]).
-pub const FIXED_FIELDS: [&str; 13] = [
+pub const FIXED_FIELDS: [&str; 14] = [
     SCHEMA_FIELD,
     "current",
     "previous",
@@ -32,8 +32,13 @@ pub const FIXED_FIELDS: [&str; 13] = [
     "failed",
     "retry",
     "intent",
+    "revoked",
     "forced_retirement",
 ];
+
+/// Revocation marks kept at most (oldest dropped first): a mark only matters while a version
+/// with that key could still be adopted or promoted, i.e. for the latest few versions.
+pub const MAX_REVOKED_MARKS: usize = 24;
 
 /// Which version plays which part, and the history keysync keeps about them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -64,6 +69,13 @@ pub struct RotationState {
     pub forced_retirement: Option<String>,
     /// `sha256:<hex>` of each version keysync wrote.
     pub fingerprints: BTreeMap<u64, String>,
+    /// Keys keysync revoked (or is about to revoke) at the provider, as [`revoked_mark`]s of
+    /// their fingerprints, oldest first, at most [`MAX_REVOKED_MARKS`]. Written *before* the
+    /// provider is asked to revoke, and checked before any version is adopted, validated,
+    /// promoted or rolled back to: a revoked key never becomes current or previous again,
+    /// even when the write that stored it was only found out about later. Stored as
+    /// comma-separated marks.
+    pub revoked: Vec<String>,
     /// Whether the schema marker was present (false: a key keysync never wrote state to).
     pub managed: bool,
 }
@@ -140,6 +152,15 @@ impl RotationState {
             }
             fingerprints.insert(version, value.clone());
         }
+        let mut revoked = Vec::new();
+        if let Some(list) = meta.get("revoked") {
+            for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                if !is_revoked_mark(part) {
+                    return Err(err("revoked", format!("is {list:?}, not a comma-separated list of 16 hex digits")));
+                }
+                revoked.push(part.to_string());
+            }
+        }
         let retry = match meta.get("retry") {
             None => None,
             Some(v) => {
@@ -173,6 +194,7 @@ impl RotationState {
             intent: text("intent"),
             forced_retirement: text("forced_retirement"),
             fingerprints,
+            revoked,
             managed,
         })
     }
@@ -199,6 +221,7 @@ impl RotationState {
         let failed: Vec<String> = self.failed.iter().map(u64::to_string).collect();
         put("failed", (!failed.is_empty()).then(|| failed.join(",")));
         put("intent", self.intent.clone());
+        put("revoked", (!self.revoked.is_empty()).then(|| self.revoked.join(",")));
         put("forced_retirement", self.forced_retirement.clone());
         put("retry", self.retry.as_ref().map(|r| format!("v{}:{}:{}", r.version, r.attempts, rfc3339(r.next_at))));
         for (v, fp) in &self.fingerprints {
@@ -244,6 +267,24 @@ impl RotationState {
         self.failed.retain(|v| *v >= min_fp || in_use.contains(v));
     }
 
+    /// Records that the key with fingerprint `fp` is revoked (or about to be): it is never
+    /// adopted, validated, promoted or rolled back to again. Idempotent; the oldest marks go
+    /// beyond [`MAX_REVOKED_MARKS`].
+    pub fn mark_revoked(&mut self, fp: &str) {
+        let mark = revoked_mark(fp);
+        if !self.revoked.contains(&mark) {
+            self.revoked.push(mark);
+        }
+        let excess = self.revoked.len().saturating_sub(MAX_REVOKED_MARKS);
+        self.revoked.drain(..excess);
+    }
+
+    /// Whether the key with fingerprint `fp` was marked revoked.
+    pub fn is_revoked(&self, fp: &str) -> bool {
+        let mark = revoked_mark(fp);
+        self.revoked.contains(&mark)
+    }
+
     /// Whether the grace period of `previous` is still running at `now`.
     pub fn in_grace(&self, now: DateTime<Utc>) -> bool {
         self.previous.is_some() && self.grace_until.is_some_and(|g| g > now)
@@ -268,6 +309,16 @@ fn sanitize(v: &str) -> String {
         out.pop();
     }
     out
+}
+
+/// The revocation mark of a fingerprint: its first 16 hex digits (64 bits — enough to tell
+/// keys apart, short enough that [`MAX_REVOKED_MARKS`] fit in one 512-byte value).
+pub fn revoked_mark(fp: &str) -> String {
+    fp.strip_prefix("sha256:").unwrap_or(fp).chars().take(16).collect()
+}
+
+fn is_revoked_mark(v: &str) -> bool {
+    v.len() == 16 && v.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// `sha256:` and 64 lowercase hex digits.
@@ -297,6 +348,7 @@ mod tests {
             intent: Some("agent-1 at 2026-11-29T00:00:00Z".into()),
             forced_retirement: Some("v1 retired although still held: agent-2 /k: holds previous".into()),
             fingerprints: (1..=4).map(|v| (v, fingerprint(format!("k{v}").as_bytes()))).collect(),
+            revoked: vec![revoked_mark(&fingerprint(b"gone"))],
             managed: true,
         }
         .round_trip_times()
@@ -396,6 +448,24 @@ mod tests {
         assert!(s.encode().len() <= 64);
         s.prune(60);
         assert!(s.fingerprints.keys().all(|v| *v >= 60 || *v == 1));
+    }
+
+    #[test]
+    fn revocation_marks_round_trip_fit_one_value_and_drop_the_oldest() {
+        let mut s = RotationState::default();
+        let fps: Vec<String> = (0..30u32).map(|i| fingerprint(&i.to_le_bytes())).collect();
+        for fp in &fps {
+            s.mark_revoked(fp);
+            s.mark_revoked(fp); // idempotent
+        }
+        assert_eq!(s.revoked.len(), MAX_REVOKED_MARKS);
+        assert!(!s.is_revoked(&fps[0]), "the oldest marks go first");
+        assert!(s.is_revoked(&fps[29]) && s.is_revoked(&fps[6]));
+        let encoded = s.encode();
+        assert!(encoded["revoked"].len() <= MAX_VALUE);
+        assert_eq!(RotationState::decode("k", &encoded).unwrap().revoked, s.revoked);
+        let bad: BTreeMap<String, String> = [("revoked".to_string(), "xyz".to_string())].into();
+        assert_eq!(RotationState::decode("k", &bad).unwrap_err().field, "revoked");
     }
 
     #[test]
