@@ -70,8 +70,14 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
     let settings = VaultSettings::from_env(&cfg.vault).map_err(|e| e.to_string())?;
     let client = VaultClient::new(settings).map_err(|e| e.to_string())?;
     metrics.track_vault_client(&client);
-    let session =
-        Session::login(client, Authenticator::new(cfg.vault.auth.clone())).await.map_err(|e| e.to_string())?;
+    let session = if once {
+        Session::login(client, Authenticator::new(cfg.vault.auth.clone())).await.map_err(|e| e.to_string())?
+    } else {
+        match login_waiting(client, &cfg).await? {
+            Some(session) => session,
+            None => return Ok(0),
+        }
+    };
     health.set_authenticated(true);
     let maintain = tokio::spawn(session.clone().maintain(stop_rx.clone()));
     let (mut syncer, mut hooks) = build(&cfg, &session, &metrics).map_err(|e| format!("invalid sink: {e}"))?;
@@ -214,6 +220,31 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
     let _ = stop_tx.send(true);
     let _ = maintain.await;
     Ok(exit_code)
+}
+
+/// Logs in; while Vault cannot be reached (down, sealed, electing a leader) waits and tries
+/// again (1 s doubling to 30 s), not ready meanwhile, instead of exiting: an agent started
+/// before its Vault (a reboot, a cluster restart) comes up by itself. A refusal (bad
+/// credentials, bad settings) still ends `run` at once. `None`: SIGTERM/SIGINT while waiting.
+async fn login_waiting(client: VaultClient, cfg: &Config) -> Result<Option<Arc<Session>>, String> {
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let mut wait = Duration::from_secs(1);
+    loop {
+        match Session::login(client.clone(), Authenticator::new(cfg.vault.auth.clone())).await {
+            Ok(session) => return Ok(Some(session)),
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, retry_in = ?wait, "Vault is not available yet; waiting (not ready)");
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = term.recv() => return Ok(None),
+            _ = int.recv() => return Ok(None),
+        }
+        wait = (wait * 2).min(Duration::from_secs(30));
+    }
 }
 
 /// The wait before the next poll: `poll` shortened by up to 10 %, never lengthened, so agents
