@@ -86,8 +86,14 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
         let code = match syncer.pass(true).await {
             Ok(report) if report.failed_sinks.is_empty() && report.missing_sinks.is_empty() => 0,
             Ok(report) => {
-                for s in report.failed_sinks.iter().chain(&report.missing_sinks) {
-                    eprintln!("error: sink {s} was not rendered");
+                for s in &report.failed_sinks {
+                    eprintln!("error: sink {s} was not rendered: writing it failed (the error is logged above)");
+                }
+                for s in &report.missing_sinks {
+                    eprintln!(
+                        "error: sink {s} was not rendered: its key does not exist under {}/{} (create it with `keysync put NAME`, or check kv.mount and kv.prefix)",
+                        cfg.kv.mount, cfg.kv.prefix
+                    );
                 }
                 1
             }
