@@ -214,11 +214,12 @@ async fn an_agent_listing_all_three_nodes_stays_ready_through_a_leader_kill() {
     let monitor = ReadyMonitor::start(listen.clone());
     let leader = cluster.leader().expect("a leader");
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let writer2 = store(&cluster, "test-writer-2").await;
     let killed = Instant::now();
     cluster.kill(leader);
     // A write during the election: retried by the client until a leader is back.
     let write = tokio::spawn({
-        let writer = store(&cluster, "test-writer-2").await;
+        let writer = writer2;
         let name = name.clone();
         async move {
             let t = Instant::now();

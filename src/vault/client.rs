@@ -238,8 +238,9 @@ struct Endpoint {
 }
 
 /// How long one request keeps retrying while no node is active (a raft election took
-/// 10.8–14.7 s when measured), before it fails with [`VaultError::NoActiveNode`].
-const ELECTION_PATIENCE: Duration = Duration::from_secs(20);
+/// 10.8–14.7 s on an idle machine, and standbys may need a few seconds more to forward to the
+/// new leader), before it fails with [`VaultError::NoActiveNode`].
+const ELECTION_PATIENCE: Duration = Duration::from_secs(30);
 
 /// A Vault HTTP client over one or more addresses (tried in order, sticking to the one that
 /// last answered). Cheap to clone.

@@ -341,7 +341,34 @@ impl Cluster {
                 node.log_text()
             );
         }
-        Cluster { nodes, root_token, unseal_key, dir }
+        let cluster = Cluster { nodes, root_token, unseal_key, dir };
+        cluster.wait_voters(Duration::from_secs(120));
+        cluster
+    }
+
+    /// Waits until raft lists every node as a voter: a node joins as a non-voter and
+    /// autopilot promotes it once it is stable (about 10 s), and only voters can elect a new
+    /// leader when the old one dies.
+    pub fn wait_voters(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut last = None;
+        while Instant::now() < deadline {
+            for node in &self.nodes {
+                if let Some((200, body)) =
+                    call(&node.addr, "GET", "sys/storage/raft/configuration", Some(&self.root_token), None)
+                {
+                    let servers = body["data"]["config"]["servers"].as_array().cloned().unwrap_or_default();
+                    let voters = servers.iter().filter(|s| s["voter"] == Value::Bool(true)).count();
+                    if voters == self.nodes.len() {
+                        return;
+                    }
+                    last = Some(body);
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        panic!("not every raft node became a voter within {timeout:?}: {last:?}");
     }
 
     pub fn addrs(&self) -> Vec<String> {
