@@ -89,8 +89,7 @@ impl ReadyMonitor {
         let changes = self.changes.lock().unwrap().clone();
         changes
             .iter()
-            .filter(|(t, ready)| *t > from && *t <= to && *ready)
-            .last()
+            .rfind(|(t, ready)| *t > from && *t <= to && *ready)
             .filter(|_| changes.iter().any(|(t, r)| *t > from && *t <= to && !*r))
             .map(|(t, _)| (*t - from).as_secs_f64())
             .unwrap_or(0.0)
