@@ -333,7 +333,7 @@ async fn leader_sigkilled_during_rotations() {
         std::fs::write(
             &cfg,
             format!(
-                "[vault]\naddress = [{}]\nca_cert = \"{}\"\ntimeout = \"5s\"\n[agent]\npoll_interval = \"1s\"\nlisten = \"{listen}\"\nrotate = true\nrotation_check_interval = \"1s\"\n{body}{}",
+                "[vault]\naddress = [{}]\nca_cert = \"{}\"\ntimeout = \"5s\"\n[agent]\npoll_interval = \"1s\"\nfull_sync_interval = \"15s\"\nlisten = \"{listen}\"\nrotate = true\nrotation_check_interval = \"1s\"\n{body}{}",
                 quoted.join(", "),
                 support::pki::pki().ca_cert.display(),
                 json_sink(&sink, &names)
@@ -418,13 +418,32 @@ async fn leader_sigkilled_during_rotations() {
             );
             ready_again[i].push(m.ready_again_after(killed, now));
         }
+        let revoked_now: BTreeSet<String> =
+            std::fs::read_to_string(d.join("revoked")).unwrap_or_default().lines().map(str::to_string).collect();
         for (i, n) in names.iter().enumerate() {
-            let r = writer.require(&KeyName::parse(n).unwrap()).await.expect("read");
+            let key = KeyName::parse(n).unwrap();
+            let r = writer.require(&key).await.expect("read");
             assert_eq!(r.meta.current_version, base[i] + 1, "round {round}, {n}: exactly one new version");
             assert_eq!(r.state.current, Some(base[i] + 1), "round {round}, {n}: promoted: {:?}", r.state);
             assert!(r.state.pending.is_none() && r.state.intent.is_none(), "round {round}, {n}: {:?}", r.state);
+            let keysync::store::VersionRead::Live(data) = writer.read(&key, base[i] + 1).await.expect("read data")
+            else {
+                panic!("round {round}, {n}: the current version has no data")
+            };
+            let id = data.fields.get("key_id").and_then(Value::as_str).unwrap_or_default().to_string();
+            assert!(!revoked_now.contains(&id), "round {round}, {n}: the current key {id} was revoked at the provider");
         }
     }
+    // Each new version promoted exactly once, by one agent (agents log `promoted key=… version=…`).
+    let all_logs = logs(&agents);
+    let mut promotions: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for line in all_logs.lines().filter(|l| l.contains(" promoted key=")) {
+        let tail = &line[line.find("promoted key=").unwrap_or(0)..];
+        *promotions.entry(tail.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).or_default() += 1;
+    }
+    let twice: Vec<&String> = promotions.iter().filter(|(_, c)| **c != 1).map(|(k, _)| k).collect();
+    assert!(twice.is_empty(), "promoted more than once: {twice:?}");
+    assert_eq!(promotions.len(), rounds * keys, "one promotion per key per round: {promotions:?}");
     let reads: u64 = readers.iter().map(|r| r.reads.load(Ordering::Relaxed)).sum();
     let torn: u64 = readers.iter().map(|r| r.bad.load(Ordering::Relaxed)).sum();
     drop(readers);
@@ -449,11 +468,11 @@ async fn leader_sigkilled_during_rotations() {
     report::record(
         "Cluster",
         &format!(
-            "3-node raft cluster (TLS): the leader SIGKILLed during rotations ({keys} due keys, 4 rotating agents: one pinned to each node, one listing all three), {kill_after_cas} of {rounds} kills right after a rotation's CAS write; the node restarted and unsealed each round"
+            "3-node raft cluster (TLS): the leader SIGKILLed during rotations ({keys} due keys, 4 rotating agents: one pinned to each node, one listing all three; poll 1 s, full sync 15 s), {kill_after_cas} of {rounds} kills right after a rotation's CAS write, the others right after the keys fell due; the node restarted and unsealed each round"
         ),
         rounds,
         &format!(
-            "every round each key got exactly one new version, promoted once ({} promotions); {} keys minted = {stored_count} stored + {} revoked by agents that lost a race (0 orphans); 0 torn of {reads} sink reads; elections {}; time from the kill until each agent was ready again: {}",
+            "every round each key got exactly one new version, promoted exactly once (by one agent; {} promotions), its key never revoked at the provider; {} keys minted = {stored_count} stored + {} revoked by agents that lost a race (0 orphans); 0 torn of {reads} sink reads; elections {}; time from the kill until each agent was ready again: {}",
             rounds * keys,
             minted.len(),
             revoked.len(),
