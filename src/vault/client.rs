@@ -442,9 +442,7 @@ impl VaultClient {
         let req = Request::get("sys/seal-status", "seal_status");
         if let Ok(resp) = self.send_raw(&req, None).await {
             if let Some(version) = resp.body.get("version").and_then(Value::as_str) {
-                let major: u64 =
-                    version.trim_start_matches('v').split('.').next().and_then(|m| m.parse().ok()).unwrap_or(1);
-                let name = if major >= 2 || version.to_ascii_lowercase().contains("bao") { "bao" } else { "vault" };
+                let name = cli_name_for_version(version);
                 let _ = self.flavor.set(name);
                 set_cli_name(name);
             }
@@ -693,6 +691,17 @@ fn tls_fix(detail: &str, settings: &VaultSettings) -> Option<String> {
     )
 }
 
+/// `bao` for an OpenBao version (2.x and later, or naming itself), `vault` for HashiCorp
+/// Vault's 1.x.
+fn cli_name_for_version(version: &str) -> &'static str {
+    let major: u64 = version.trim_start_matches('v').split('.').next().and_then(|m| m.parse().ok()).unwrap_or(1);
+    if major >= 2 || version.to_ascii_lowercase().contains("bao") {
+        "bao"
+    } else {
+        "vault"
+    }
+}
+
 /// The server flavour once any client detected it, for hints outside a client's reach.
 static CLI_NAME: OnceLock<&'static str> = OnceLock::new();
 
@@ -782,6 +791,46 @@ mod tests {
             body: serde_json::json!({"errors": ["1 error occurred:\n\t* permission denied\n\n"]}),
         };
         assert_eq!(resp.error_text(), "1 error occurred: * permission denied");
+    }
+
+    #[test]
+    fn hints_name_the_servers_own_cli() {
+        assert_eq!(cli_name_for_version("1.14.1"), "vault");
+        assert_eq!(cli_name_for_version("1.21.4+ent"), "vault");
+        assert_eq!(cli_name_for_version("2.1.0"), "bao");
+        assert_eq!(cli_name_for_version("v2.0.0-beta"), "bao");
+    }
+
+    #[test]
+    fn election_answers_are_told_from_a_sealed_node() {
+        let redirect = Response { status: 307, body: Value::Null };
+        assert!(is_election(&redirect));
+        let no_leader =
+            Response { status: 503, body: serde_json::json!({"errors": ["no active Vault instance found"]}) };
+        assert!(is_election(&no_leader));
+        let sealed = Response { status: 503, body: serde_json::json!({"errors": ["Vault is sealed"]}) };
+        assert!(!is_election(&sealed));
+        assert!(not_serving_reason(&sealed).is_some_and(|r| r.contains("sealed")));
+        let denied = Response { status: 403, body: serde_json::json!({"errors": ["permission denied"]}) };
+        assert!(not_serving_reason(&denied).is_none());
+    }
+
+    #[test]
+    fn tls_failures_name_the_setting_to_fix() {
+        let cfg = VaultConfig { address: Some("https://10.0.0.5:8200".into()), ..Default::default() };
+        let s = resolve(&cfg, &[]).unwrap();
+        let fix = tls_fix("invalid peer certificate: UnknownIssuer", &s).unwrap();
+        assert!(fix.contains("vault.ca_cert") && fix.contains("VAULT_CACERT"), "{fix}");
+        let fix = tls_fix("invalid peer certificate: certificate not valid for name \"10.0.0.5\"", &s).unwrap();
+        assert!(fix.contains("vault.tls_server_name"), "{fix}");
+        assert!(tls_fix("Connection refused (os error 111)", &s).is_none());
+    }
+
+    #[test]
+    fn a_client_certificate_needs_its_key() {
+        let err = resolve(&VaultConfig::default(), &[("VAULT_ADDR", "https://v:1"), ("VAULT_CLIENT_CERT", "/c.pem")])
+            .unwrap_err();
+        assert!(err.to_string().contains("vault.client_key"), "{err}");
     }
 
     #[test]
