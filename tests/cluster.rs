@@ -431,7 +431,15 @@ async fn leader_sigkilled_during_rotations() {
                 panic!("round {round}, {n}: the current version has no data")
             };
             let id = data.fields.get("key_id").and_then(Value::as_str).unwrap_or_default().to_string();
-            assert!(!revoked_now.contains(&id), "round {round}, {n}: the current key {id} was revoked at the provider");
+            assert!(
+                !revoked_now.contains(&id),
+                "round {round}, {n}: the current key {id} was revoked at the provider; what the agents did with {n}:\n{}",
+                logs(&agents)
+                    .lines()
+                    .filter(|l| l.contains(&format!("key={n} ")) && !l.contains("NotDue") && !l.contains("another agent"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
         }
     }
     // Each new version promoted exactly once, by one agent (agents log `promoted key=… version=…`).

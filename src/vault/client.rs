@@ -478,6 +478,17 @@ impl VaultClient {
             for k in 0..n {
                 let i = (first + k) % n;
                 match self.send_once(i, req, token).await {
+                    // A standby answers 307 also when forwarding to the leader failed midway
+                    // (Vault falls back to a redirect on any forwarding error), so a write
+                    // may have been done: never send it again, report it as an answer lost.
+                    Ok(resp) if resp.status == 307 && !matches!(req.method, Method::Get | Method::List) => {
+                        return Err(VaultError::Unreachable {
+                            address: self.settings.addresses[i].as_str().trim_end_matches('/').to_string(),
+                            op: format!("{} {}", req.method.as_str(), req.path),
+                            detail: "a standby answered 307: it could not forward the request to the leader (leader election in progress?), which may or may not have done it, so it is not sent again".into(),
+                            connected: true,
+                        });
+                    }
                     Ok(resp) => match not_serving_reason(&resp) {
                         Some(_) if n > 1 || is_election(&resp) => {
                             tracing::debug!(address = %self.settings.addresses[i], status = resp.status, "Vault node cannot serve; trying the next");
