@@ -233,6 +233,7 @@ impl Engine<'_> {
             data.fields.insert("expires_at".into(), Value::String(exp.to_rfc3339()));
         }
         let opts = PutOptions { promote: false, reason: reason.to_string(), keep_fields: true };
+        let minted_fp = data.api_key.fingerprint();
         let outcome = match self.store.put_from(name, data, &opts, Some(record.clone())).await {
             Ok(o) => o,
             Err(StoreError::Conflict { .. }) => {
@@ -242,8 +243,15 @@ impl Engine<'_> {
                 return Ok(Outcome::LostRace);
             }
             Err(e) => {
-                // The write may or may not have landed; if not, don't leave the key live.
-                self.revoke(plan, key_id.as_deref(), "could not store the minted key").await;
+                // The write may or may not have landed (an answer lost, a leader that died
+                // after the data write, a standby's 307). Revoke only once Vault shows it did
+                // not: a stored version is adopted as pending later, and revoking its key
+                // would make a dead key current.
+                match self.minted_version_stored(name, &minted_fp).await {
+                    Some(false) => self.revoke(plan, key_id.as_deref(), "could not store the minted key").await,
+                    Some(true) => tracing::warn!(key = %name, error = %e, "the minted key was stored but the rotation was cut short; it is finished (adopted as pending) by the next check"),
+                    None => tracing::error!(key = %name, key_id = key_id.as_deref().unwrap_or("-"), error = %e, "cannot tell whether the minted key was stored, so it is not revoked; if no version of this key holds it, revoke it at the provider by hand"),
+                }
                 return Err(e);
             }
         };
@@ -502,6 +510,21 @@ impl Engine<'_> {
         if let Err(e) = cleared {
             tracing::warn!(key = %name, error = %e, "could not clear the rotation intent");
         }
+    }
+
+    /// Whether one of the key's two newest versions holds the key with fingerprint `fp`
+    /// (None: Vault could not say).
+    async fn minted_version_stored(&self, name: &KeyName, fp: &str) -> Option<bool> {
+        let record = self.store.record(name).await.ok()?;
+        let Some(record) = record else { return Some(false) };
+        let latest = record.meta.current_version;
+        for v in [latest, latest.saturating_sub(1)].into_iter().filter(|v| *v > 0) {
+            match self.store.read(name, v).await.ok()? {
+                VersionRead::Live(d) if d.api_key.fingerprint() == fp => return Some(true),
+                _ => {}
+            }
+        }
+        Some(false)
     }
 
     async fn revoke(&self, plan: &KeyPlan, key_id: Option<&str>, why: &str) {
