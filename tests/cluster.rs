@@ -396,11 +396,21 @@ async fn leader_sigkilled_during_rotations() {
             if all_rendered {
                 break;
             }
-            assert!(
-                Instant::now() < deadline,
-                "round {round}: not every agent rendered the rotation: {}",
-                logs(&agents)
-            );
+            if Instant::now() > deadline {
+                let mut why = String::new();
+                for (i, sink) in sinks.iter().enumerate() {
+                    why.push_str(&format!("{}: {:?}\n", labels[i], rendered_versions(sink, &names)));
+                }
+                for n in &names {
+                    let r = writer.require(&KeyName::parse(n).unwrap()).await.expect("read");
+                    why.push_str(&format!("{n}: latest {} state {:?}\n", r.meta.current_version, r.state));
+                }
+                panic!(
+                    "round {round}: not every agent rendered the rotation (expected versions {:?}):\n{why}\nagent logs (warnings):\n{}",
+                    base.iter().map(|b| b + 1).collect::<Vec<_>>(),
+                    logs(&agents).lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect::<Vec<_>>().join("\n")
+                );
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         // Everyone ready again (the agent pinned to the killed node only after its restart).
@@ -475,7 +485,16 @@ async fn leader_sigkilled_during_rotations() {
     // No orphan at the provider: every minted key became current (and was retired by the
     // next round's rotation, or is current now) or was revoked by the agent that minted it.
     let accounted: BTreeSet<String> = currents.union(&revoked).cloned().collect();
-    assert_eq!(minted, accounted, "every minted key is either stored or revoked");
+    let orphans: Vec<&String> = minted.difference(&accounted).collect();
+    assert!(
+        orphans.is_empty(),
+        "minted keys neither stored nor revoked: {orphans:?}; what the agents said about minted keys:\n{}",
+        all_logs
+            .lines()
+            .filter(|l| l.contains("minted key") || l.contains("revoke") || l.contains("interrupted"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     let losers = minted.difference(&currents).count();
     let retired = currents.intersection(&revoked).count();
     let stats = |v: &[f64]| {

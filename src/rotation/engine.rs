@@ -249,8 +249,12 @@ impl Engine<'_> {
                 // would make a dead key current.
                 match self.minted_version_stored(name, &minted_fp).await {
                     Some(false) => self.revoke(plan, key_id.as_deref(), "could not store the minted key").await,
-                    Some(true) => tracing::warn!(key = %name, error = %e, "the minted key was stored but the rotation was cut short; it is finished (adopted as pending) by the next check"),
-                    None => tracing::error!(key = %name, key_id = key_id.as_deref().unwrap_or("-"), error = %e, "cannot tell whether the minted key was stored, so it is not revoked; if no version of this key holds it, revoke it at the provider by hand"),
+                    Some(true) => {
+                        tracing::warn!(key = %name, error = %e, "the minted key was stored but the rotation was cut short; it is finished (adopted as pending) by the next check")
+                    }
+                    None => {
+                        tracing::error!(key = %name, key_id = key_id.as_deref().unwrap_or("-"), error = %e, "cannot tell whether the minted key was stored, so it is not revoked; if no version of this key holds it, revoke it at the provider by hand")
+                    }
                 }
                 return Err(e);
             }

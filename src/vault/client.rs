@@ -663,7 +663,12 @@ fn is_election(resp: &Response) -> bool {
 /// For a TLS failure: which setting to fix.
 fn tls_fix(detail: &str, settings: &VaultSettings) -> Option<String> {
     let d = detail.to_ascii_lowercase();
-    let tls = d.contains("certificate") || d.contains("tls") || d.contains("handshake") || d.contains("issuer");
+    // A server that died or closed mid-connection is an outage, not a TLS setting to fix.
+    let cut_off = ["close_notify", "unexpected eof", "connection reset", "broken pipe", "connection refused"];
+    if cut_off.iter().any(|c| d.contains(c)) {
+        return None;
+    }
+    let tls = d.contains("certificate") || d.contains("handshake") || d.contains("issuer") || d.contains("alert");
     if !tls {
         return None;
     }
@@ -835,6 +840,8 @@ mod tests {
         let fix = tls_fix("invalid peer certificate: certificate not valid for name \"10.0.0.5\"", &s).unwrap();
         assert!(fix.contains("vault.tls_server_name"), "{fix}");
         assert!(tls_fix("Connection refused (os error 111)", &s).is_none());
+        let cut = "peer closed connection without sending TLS close_notify: https://docs.rs/rustls/latest/rustls/manual/_03_howto/index.html#unexpected-eof";
+        assert!(tls_fix(cut, &s).is_none(), "a server killed mid-connection is an outage");
     }
 
     #[test]

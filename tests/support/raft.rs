@@ -196,7 +196,8 @@ pub fn https_client() -> reqwest::Client {
     let ca = reqwest::Certificate::from_pem(&pem).expect("CA PEM");
     reqwest::Client::builder()
         .tls_certs_only([ca])
-        .timeout(Duration::from_secs(10))
+        // Generous: `sys/init` on a busy 2-core machine took over 10 s once.
+        .timeout(Duration::from_secs(60))
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("https client")
