@@ -664,7 +664,7 @@ fn is_election(resp: &Response) -> bool {
 fn tls_fix(detail: &str, settings: &VaultSettings) -> Option<String> {
     let d = detail.to_ascii_lowercase();
     // A server that died or closed mid-connection is an outage, not a TLS setting to fix.
-    let cut_off = ["close_notify", "unexpected eof", "connection reset", "broken pipe", "connection refused"];
+    let cut_off = ["close_notify", "eof", "reset", "closed", "broken pipe", "refused", "timed out"];
     if cut_off.iter().any(|c| d.contains(c)) {
         return None;
     }
@@ -842,6 +842,7 @@ mod tests {
         assert!(tls_fix("Connection refused (os error 111)", &s).is_none());
         let cut = "peer closed connection without sending TLS close_notify: https://docs.rs/rustls/latest/rustls/manual/_03_howto/index.html#unexpected-eof";
         assert!(tls_fix(cut, &s).is_none(), "a server killed mid-connection is an outage");
+        assert!(tls_fix("tls handshake eof", &s).is_none(), "a proxy with no server behind it is an outage");
     }
 
     #[test]
