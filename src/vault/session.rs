@@ -224,9 +224,17 @@ impl Session {
                     )));
                 }
             }
-            403 | 404 if resp.error_text().contains("preflight") || resp.status == 404 => {
+            // Vault answers 403 both for a path under no mount and for a token with no
+            // policy anywhere under the mount. For a root token it can only be the first;
+            // any other token goes on to the request itself, whose 403 names the path and
+            // the token's policies.
+            403 | 404
+                if resp.status == 404
+                    || (resp.error_text().contains("preflight")
+                        && self.token_info().policies.iter().any(|p| p == "root")) =>
+            {
                 return Err(VaultError::KvMount(format!(
-                    "no KV mount at {mount}/: check kv.mount (`{cli} secrets list` shows the mounts; the token must also have a policy on some path under it)"
+                    "no KV mount at {mount}/: check kv.mount (`{cli} secrets list` shows the mounts)"
                 )));
             }
             // A server without this endpoint (or a proxy that hides it): nothing to learn,
