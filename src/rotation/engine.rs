@@ -244,17 +244,15 @@ impl Engine<'_> {
             }
             Err(e) => {
                 // The write may or may not have landed (an answer lost, a leader that died
-                // after the data write, a standby's 307). Revoke only once Vault shows it did
-                // not: a stored version is adopted as pending later, and revoking its key
-                // would make a dead key current.
+                // after the data write, a standby's 307). When Vault shows it did, the stored
+                // version is finished by the next check (adopted as pending): revoking its
+                // key would make a dead key current. When Vault cannot say (still down),
+                // revoke as before, so an outage never leaves a live key orphaned.
                 match self.minted_version_stored(name, &minted_fp).await {
-                    Some(false) => self.revoke(plan, key_id.as_deref(), "could not store the minted key").await,
                     Some(true) => {
-                        tracing::warn!(key = %name, error = %e, "the minted key was stored but the rotation was cut short; it is finished (adopted as pending) by the next check")
+                        tracing::warn!(key = %name, error = %e, "the minted key was stored but the rotation was cut short; the next check finishes it")
                     }
-                    None => {
-                        tracing::error!(key = %name, key_id = key_id.as_deref().unwrap_or("-"), error = %e, "cannot tell whether the minted key was stored, so it is not revoked; if no version of this key holds it, revoke it at the provider by hand")
-                    }
+                    Some(false) | None => self.revoke(plan, key_id.as_deref(), "could not store the minted key").await,
                 }
                 return Err(e);
             }
