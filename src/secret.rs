@@ -6,18 +6,32 @@ use sha2::{Digest, Sha256};
 use std::fmt;
 
 /// A secret string (API key, Vault token, secret_id). Never printed: `Debug` and `Display`
-/// show [`mask`]. Zeroized on drop through `secrecy`.
+/// show [`mask`] for keys and `<redacted>` for credentials. Zeroized on drop through `secrecy`.
 #[derive(Clone)]
-pub struct Secret(SecretString);
+pub struct Secret {
+    value: SecretString,
+    /// A credential (Vault token, secret_id, JWT): shown as `<redacted>`, not even masked.
+    /// Masks exist so people can tell API keys apart; nobody needs to tell tokens apart, and
+    /// 8 characters of a token are 8 characters fewer to guess.
+    credential: bool,
+}
+
+/// What `Debug`/`Display` of a credential print.
+pub const REDACTED: &str = "<redacted>";
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
-        Secret(SecretString::from(value.into()))
+        Secret { value: SecretString::from(value.into()), credential: false }
+    }
+
+    /// A credential (Vault token, secret_id, JWT): never shown in any form, not even masked.
+    pub fn credential(value: impl Into<String>) -> Self {
+        Secret { value: SecretString::from(value.into()), credential: true }
     }
 
     /// The raw value. Call only at the one place that sends or writes it.
     pub fn expose(&self) -> &str {
-        self.0.expose_secret()
+        self.value.expose_secret()
     }
 
     /// `sha256:<64 hex>` of the value, safe to log and store.
@@ -29,8 +43,13 @@ impl Secret {
         self.expose().is_empty()
     }
 
+    /// [`mask`] of an API key; [`REDACTED`] for a credential.
     pub fn masked(&self) -> String {
-        mask(self.expose())
+        if self.credential {
+            REDACTED.to_string()
+        } else {
+            mask(self.expose())
+        }
     }
 }
 
@@ -101,6 +120,25 @@ mod tests {
         let s = Secret::new("sk-live-0123456789abcdef");
         assert_eq!(format!("{s:?}"), "Secret(sk-l…cdef)");
         assert_eq!(format!("{s}"), "sk-l…cdef");
+    }
+
+    #[test]
+    fn credentials_are_never_shown_even_masked() {
+        let t = Secret::credential("hvs.CAESIJ0123456789abcdef");
+        assert_eq!(format!("{t:?}"), "Secret(<redacted>)");
+        assert_eq!(format!("{t}"), "<redacted>");
+        assert_eq!(t.masked(), REDACTED);
+        assert_eq!(t, Secret::new("hvs.CAESIJ0123456789abcdef"), "equality is by value");
+    }
+
+    /// The README promises exactly this input: the UTF-8 bytes of the key as stored in Vault's
+    /// `api_key` field, nothing added (a sink's trailing newline is not part of it).
+    #[test]
+    fn a_fingerprint_hashes_the_key_bytes_without_a_trailing_newline() {
+        let key = Secret::new("sk-test-fingerprint-input");
+        // printf 'sk-test-fingerprint-input' | sha256sum
+        assert_eq!(key.fingerprint(), "sha256:b16d176c14909ebeaa88cebcee4b9c4dcb6c642bb9b468da9bda1e9946b91524");
+        assert_ne!(key.fingerprint(), fingerprint(b"sk-test-fingerprint-input\n"));
     }
 
     #[test]

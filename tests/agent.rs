@@ -118,7 +118,7 @@ keys = ["openai"]
     let (status, metrics) = http_get(&listen, "/metrics");
     assert_eq!(status, 200);
     assert!(metrics.contains("keysync_key_current_version{key=\"openai\"} 2"), "{metrics}");
-    assert!(metrics.contains("keysync_vault_requests_total{op=\"index_read\""), "{metrics}");
+    assert!(metrics.contains("keysync_vault_requests_total{op=\"index_root_read\""), "{metrics}");
     assert!(metrics.contains("\nkeysync_ready 1\n"), "a ready agent says so in its metrics: {metrics}");
     let log = agent.log_text();
     assert!(!log.contains("sk-agent-one-1111") && !log.contains("sk-agent-two-2222"), "key in logs");

@@ -192,7 +192,15 @@ fn lint_tool(name: &str) -> PathBuf {
 fn the_scripts_the_demo_and_the_stack_run_pass_shellcheck() {
     // bootstrap.sh and operator.sh run under the images' /bin/sh (busybox, dash): shellcheck
     // holds them to POSIX sh through their #!/bin/sh line.
-    let scripts = ["compose/bootstrap.sh", "compose/operator.sh", "scripts/demo", "scripts/lint-tool-bin", ".ci/run"];
+    let scripts = [
+        "compose/bootstrap.sh",
+        "compose/operator.sh",
+        "scripts/demo",
+        "scripts/lint-tool-bin",
+        ".ci/run",
+        "scripts/test",
+        "examples/kubernetes/vault-setup.sh",
+    ];
     let out = Command::new(lint_tool("shellcheck")).args(scripts).current_dir(repo()).output().unwrap();
     assert!(
         out.status.success(),
@@ -349,6 +357,9 @@ fn alerts_use_only_exported_metrics_and_cover_the_failure_modes() {
         "KeysyncValidationFailures",
         "KeysyncAgentNotReady",
         "KeysyncTokenTTLLow",
+        "KeysyncRetirementHeld",
+        "KeysyncKeyExpiresSoon",
+        "KeysyncKeyExpired",
     ] {
         assert!(names.contains(required), "examples/alerts.yml lacks {required}");
     }

@@ -354,13 +354,14 @@ fn arbitrary_state() -> impl Strategy<Value = RotationState> {
             proptest::option::of((1u64..100_000, 0u32..50, 0i64..4_000_000_000)),
             text(),
             proptest::collection::btree_map(1u64..100_000, "[0-9a-f]{64}", 0..8),
+            text(),
         ),
     )
         .prop_map(
             |(
                 (current, previous, pending, grace_until, rotated_at),
                 (rotated_by, reason, disabled, failed),
-                (retry, intent, fps),
+                (retry, intent, fps, forced_retirement),
             )| {
                 RotationState {
                     current,
@@ -378,6 +379,7 @@ fn arbitrary_state() -> impl Strategy<Value = RotationState> {
                         next_at: chrono::DateTime::from_timestamp(t, 0).unwrap(),
                     }),
                     intent,
+                    forced_retirement,
                     fingerprints: fps.into_iter().map(|(v, h)| (v, format!("sha256:{h}"))).collect(),
                     managed: true,
                 }

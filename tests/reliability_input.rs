@@ -115,7 +115,13 @@ impl World {
     /// and the change index.
     async fn vault(&self) -> Value {
         let mut out = serde_json::Map::new();
-        for name in self.keys.iter().map(String::as_str).chain(["_index"]) {
+        // The legacy index secret and every secret of the sharded index (root and shards).
+        let index: Vec<String> = std::iter::once("_index".to_string())
+            .chain(
+                self.admin.list("secret/metadata/keysync/_index.d").await.into_iter().map(|n| format!("_index.d/{n}")),
+            )
+            .collect();
+        for name in self.keys.iter().map(String::as_str).chain(index.iter().map(String::as_str)) {
             let (status, mut meta) = self.admin.try_read(&format!("secret/metadata/keysync/{name}")).await;
             if status == 404 {
                 out.insert(name.into(), Value::Null);

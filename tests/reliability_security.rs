@@ -261,16 +261,16 @@ async fn each_policy_allows_its_job_and_nothing_else() {
         Op {
             name: "patch the change index",
             method: "PATCH",
-            path: "secret/data/keysync/_index",
+            path: "secret/data/keysync/_index.d/root",
             body: Some(json!({ "data": { "{k}": { "current": 1 } } })),
         },
         Op {
             name: "replace the change index",
             method: "POST",
-            path: "secret/data/keysync/_index",
+            path: "secret/data/keysync/_index.d/root",
             body: Some(json!({ "data": { "{k}": { "current": 9 } } })),
         },
-        Op { name: "read the change index", method: "GET", path: "secret/data/keysync/_index", body: None },
+        Op { name: "read the change index", method: "GET", path: "secret/data/keysync/_index.d/root", body: None },
         Op {
             name: "write an agent's render report (_acks)",
             method: "POST",
@@ -367,7 +367,7 @@ async fn each_policy_allows_its_job_and_nothing_else() {
     ];
     assert_eq!(ops.len(), expected.len());
     // The index and every cell's key exist first, so "allowed" is never a 404.
-    admin.write("secret/data/keysync/_index", json!({ "data": { "seed": { "current": 1 } } })).await;
+    admin.write("secret/data/keysync/_index.d/root", json!({ "data": { "00": 1 } })).await;
     let mut failures = Vec::new();
     let mut cells = 0;
     for (i, op) in ops.iter().enumerate() {
@@ -546,7 +546,11 @@ async fn hooks_and_exec_children_get_a_minimal_env_and_drop_privileges() {
         }
     }
     let hook_vars: Vec<&str> = hook.keys().map(String::as_str).filter(|k| k.starts_with("KEYSYNC_")).collect();
-    assert_eq!(hook_vars, ["KEYSYNC_FINGERPRINT", "KEYSYNC_KEY", "KEYSYNC_VERSION"], "the hook gets only its three");
+    assert_eq!(
+        hook_vars,
+        ["KEYSYNC_FINGERPRINT", "KEYSYNC_KEY", "KEYSYNC_KEYS", "KEYSYNC_VERSION"],
+        "the hook gets only its four"
+    );
     assert!(!hook.values().any(|v| v.contains(&key)), "the hook never gets the key");
     assert_eq!(exec.get("OPENAI_API_KEY"), Some(&key), "the exec child gets its key");
     if is_root() {
@@ -607,4 +611,14 @@ async fn a_user_switch_without_root_is_refused_clearly() {
         1,
         "refused at config load: exit 2, names keys.openai.on_change, says it needs root and how to fix",
     );
+}
+
+#[test]
+fn the_leak_check_finds_nine_characters_of_a_secret_and_passes_eight() {
+    let secret = "sk-leakcheck-Zq81xYw3Vb7T";
+    support::leak::register(secret);
+    support::leak::check("a mask sk-leakc…vb7T shows at most eight", "a masked line");
+    let nine = &secret[13..22];
+    let caught = std::panic::catch_unwind(|| support::leak::check(&format!("log: ää {nine} ää"), "a leaking line"));
+    assert!(caught.is_err(), "nine characters of a known secret must fail the check");
 }

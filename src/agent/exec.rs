@@ -1,14 +1,18 @@
 //! `keysync exec -- CMD ARGS…`: run CMD with keys in its environment once they are rendered;
 //! on a change restart it (SIGTERM, then SIGKILL after `kill_timeout`) or send it a signal.
 //! keysync exits with the child's status. The child never gets keysync's Vault token.
+//!
+//! Changes are debounced with `[exec] wait_min`/`wait_max` like hooks: keys that change
+//! together (within `wait_min` of each other) restart the child once.
 
 use super::sync::{PassReport, Syncer};
 use crate::config::{parse_signal, ExecConfig, ExecOnChange};
 use crate::store::KeyName;
+use crate::store::SinkHold;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use std::collections::BTreeMap;
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 /// The command line to run.
 #[derive(Clone, Debug)]
@@ -23,23 +27,79 @@ pub struct Child {
     process: Option<tokio::process::Child>,
     /// Fingerprints of the keys in the running child's environment.
     env_fingerprints: BTreeMap<String, String>,
+    /// Versions of the keys in the running child's environment.
+    env_versions: BTreeMap<String, u64>,
+    /// A change seen but not yet applied (waiting for `wait_min`).
+    pending: Option<PendingChange>,
+}
+
+struct PendingChange {
+    first: Instant,
+    last: Instant,
+    fingerprints: BTreeMap<String, String>,
 }
 
 impl Child {
     pub fn new(spec: ExecSpec, cfg: ExecConfig) -> Self {
-        Child { spec, cfg, process: None, env_fingerprints: BTreeMap::new() }
+        Child {
+            spec,
+            cfg,
+            process: None,
+            env_fingerprints: BTreeMap::new(),
+            env_versions: BTreeMap::new(),
+            pending: None,
+        }
     }
 
-    fn environment(&self, syncer: &Syncer) -> Option<(BTreeMap<String, String>, BTreeMap<String, String>)> {
-        let mut values = BTreeMap::new();
-        let mut fps = BTreeMap::new();
+    /// The child's variables from the keys as last read: values, fingerprints, versions.
+    fn environment(&self, syncer: &Syncer) -> Option<Environment> {
+        let mut env = Environment::default();
         for (var, key) in &self.cfg.env {
             let name = KeyName::parse(key).ok()?;
-            let (_, secret) = syncer.current_key(&name)?;
-            fps.insert(var.clone(), secret.fingerprint());
-            values.insert(var.clone(), secret.expose().to_string());
+            let (version, secret) = syncer.current_key(&name)?;
+            env.fingerprints.insert(var.clone(), secret.fingerprint());
+            env.versions.insert(var.clone(), version);
+            env.values.insert(var.clone(), secret.expose().to_string());
         }
-        Some((values, fps))
+        Some(env)
+    }
+
+    /// Per key in `[exec] env`: what the running child holds, as `exec:VAR` sinks.
+    pub fn holdings(&self) -> BTreeMap<KeyName, Vec<SinkHold>> {
+        let mut out: BTreeMap<KeyName, Vec<SinkHold>> = BTreeMap::new();
+        for (var, key) in &self.cfg.env {
+            let Ok(name) = KeyName::parse(key) else { continue };
+            let running = self.process.is_some();
+            out.entry(name).or_default().push(SinkHold {
+                sink: format!("exec:{var}"),
+                version: self.env_versions.get(var).copied().filter(|_| running),
+                fingerprint: self.env_fingerprints.get(var).cloned().filter(|_| running),
+                error: (!running).then(|| "the child is not running".to_string()),
+            });
+        }
+        out
+    }
+
+    /// Keys whose change the child has not been given yet (restart or signal pending).
+    pub fn pending_keys(&self) -> BTreeSet<KeyName> {
+        let Some(p) = &self.pending else { return BTreeSet::new() };
+        self.cfg
+            .env
+            .iter()
+            .filter(|(var, _)| p.fingerprints.get(*var) != self.env_fingerprints.get(*var))
+            .filter_map(|(_, key)| KeyName::parse(key).ok())
+            .collect()
+    }
+
+    /// When a pending restart is due.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.pending.as_ref().map(|p| self.due(p))
+    }
+
+    fn due(&self, p: &PendingChange) -> Instant {
+        let min = self.cfg.wait_min.map(|d| d.get()).unwrap_or(Duration::ZERO);
+        let max = self.cfg.wait_max.map(|d| d.get()).unwrap_or(Duration::from_secs(4 * 3600)).max(min);
+        (p.last + min).min(p.first + max)
     }
 
     /// Starts the child with a minimal environment (see `child.rs`) plus its keys, as
@@ -61,25 +121,46 @@ impl Child {
         Ok(())
     }
 
-    /// Starts the child after the first render, restarts or signals it when its keys change.
-    /// An error means the child could not be started: `keysync exec` then exits with it
-    /// rather than supervising nothing.
+    /// Starts the child after the first render, restarts or signals it when its keys change
+    /// and the debounce wait is over. Called after every pass (also failed ones, so a due
+    /// restart is not held up by Vault). An error means the child could not be started:
+    /// `keysync exec` then exits with it rather than supervising nothing.
     pub async fn after_pass(&mut self, syncer: &Syncer, _report: &PassReport) -> Result<(), String> {
-        let Some((env, fps)) = self.environment(syncer) else {
+        let Some(env) = self.environment(syncer) else {
             if self.process.is_none() {
                 tracing::warn!("not starting the child yet: a key named in [exec] env is missing");
             }
             return Ok(());
         };
         if self.process.is_none() {
-            self.spawn(env)?;
-            self.env_fingerprints = fps;
+            self.spawn(env.values)?;
+            self.env_fingerprints = env.fingerprints;
+            self.env_versions = env.versions;
+            self.pending = None;
             return Ok(());
         }
-        if fps == self.env_fingerprints {
+        if env.fingerprints == self.env_fingerprints {
+            self.pending = None;
             return Ok(());
         }
-        self.env_fingerprints = fps;
+        let now = Instant::now();
+        match &mut self.pending {
+            Some(p) if p.fingerprints == env.fingerprints => {}
+            Some(p) => {
+                p.last = now;
+                p.fingerprints = env.fingerprints.clone();
+            }
+            None => {
+                self.pending = Some(PendingChange { first: now, last: now, fingerprints: env.fingerprints.clone() })
+            }
+        }
+        if self.pending.as_ref().is_some_and(|p| self.due(p) > now) {
+            return Ok(());
+        }
+        self.pending = None;
+        self.env_fingerprints = env.fingerprints;
+        self.env_versions = env.versions;
+        let env = env.values;
         match self.cfg.on_change {
             ExecOnChange::Signal => {
                 let sig = self.cfg.signal.as_deref().and_then(|s| parse_signal(s).ok()).unwrap_or(Signal::SIGHUP);
@@ -129,6 +210,14 @@ impl Child {
             }
         }
     }
+}
+
+/// The child's key variables.
+#[derive(Default)]
+struct Environment {
+    values: BTreeMap<String, String>,
+    fingerprints: BTreeMap<String, String>,
+    versions: BTreeMap<String, u64>,
 }
 
 fn exit_code(status: std::process::ExitStatus) -> i32 {

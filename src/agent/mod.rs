@@ -7,6 +7,7 @@
 mod child;
 mod exec;
 mod hooks;
+mod report;
 mod sync;
 
 pub use child::{check_pass_env, RunAs};
@@ -48,6 +49,7 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
     }
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new(cfg.agent.poll_interval.get()));
+    health.set_sink_failure_threshold(cfg.agent.unready_after_sink_failures);
     metrics.track_health(health.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
@@ -114,9 +116,9 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
 
     let mut full = true;
     let mut failures: u32 = 0;
-    let mut last_full = Instant::now();
     let mut first_done = false;
-    let mut last_ack = std::collections::BTreeMap::new();
+    let mut reporter = report::Reporter::default();
+    let mut last_ack: Option<crate::store::Ack> = None;
     let mut last_ack_at = Instant::now();
     let mut last_rotation_check = Instant::now() - cfg.agent.rotation_check_interval.get();
     let exit_code = loop {
@@ -129,30 +131,15 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
         match result {
             Ok(report) => {
                 failures = 0;
-                if full {
-                    last_full = Instant::now();
-                }
                 full = false;
                 health.sync_ok();
+                health.sinks_rendered(&report.failure_reasons);
                 metrics.last_successful_sync_timestamp_seconds.set(chrono::Utc::now().timestamp() as f64);
                 if !first_done {
                     first_done = true;
                     health.set_first_render_done();
                     tracing::info!(sinks = syncer.sink_count(), "first render done");
                     crate::agent::notify_ready();
-                }
-                if cfg.agent.report_renders {
-                    let rendered = syncer.rendered_fingerprints();
-                    if rendered != last_ack || last_ack_at.elapsed() >= cfg.agent.full_sync_interval.get() {
-                        let kv = Kv::new(session.clone(), &cfg.kv.mount, &cfg.kv.prefix);
-                        match kv.acks().report(&default_actor(), &rendered).await {
-                            Ok(()) => {
-                                last_ack = rendered;
-                                last_ack_at = Instant::now();
-                            }
-                            Err(e) => tracing::warn!(error = %e, "could not report rendered keys"),
-                        }
-                    }
                 }
                 for (key, (version, fp)) in &report.changed {
                     hooks.changed(key, *version, fp);
@@ -170,9 +157,32 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
                 metrics.sync_failures_total.inc();
                 health.sync_failed(&e.to_string());
                 tracing::warn!(error = %e, attempt = failures, "sync failed; files are left as they are");
+                if let Some(c) = child.as_mut() {
+                    // A debounced restart that fell due is not held up by Vault being away.
+                    if let Err(e) = c.after_pass(&syncer, &PassReport::default()).await {
+                        eprintln!("error: {e}");
+                        tracing::error!(error = %e, "cannot start the child; stopping");
+                        break 127;
+                    }
+                }
             }
         }
-        hooks.run_due().await;
+        let hook_results = hooks.run_due().await;
+        if cfg.agent.report_renders && first_done {
+            let ack = consumer_report(&mut reporter, &syncer, &hooks, child.as_ref(), &hook_results);
+            // Refreshed well within ack_ttl, so a healthy agent never reads as silent.
+            let refresh = last_ack_at.elapsed() >= cfg.rotation.ack_ttl.get() / 2;
+            if last_ack.as_ref() != Some(&ack) || refresh {
+                let kv = Kv::new(session.clone(), &cfg.kv.mount, &cfg.kv.prefix);
+                match kv.acks().report(&default_actor(), &ack).await {
+                    Ok(()) => {
+                        last_ack = Some(ack);
+                        last_ack_at = Instant::now();
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not report what this agent's sinks hold"),
+                }
+            }
+        }
         if cfg.agent.rotate && last_rotation_check.elapsed() >= cfg.agent.rotation_check_interval.get() {
             last_rotation_check = Instant::now();
             rotate_due(&cfg, &session, &metrics).await;
@@ -185,11 +195,8 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
             let until = (g - chrono::Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(50);
             wait = wait.min(until);
         }
-        if let Some(due) = hooks.next_due() {
+        for due in [hooks.next_due(), child.as_ref().and_then(|c| c.next_due())].into_iter().flatten() {
             wait = wait.min(due.saturating_duration_since(Instant::now()));
-        }
-        if last_full.elapsed() >= cfg.agent.full_sync_interval.get() {
-            full = true;
         }
         let child_exit = async {
             match child.as_mut() {
@@ -203,7 +210,10 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
                 tracing::info!("SIGHUP: reloading the config");
                 match config::load(source) {
                     Ok(new_cfg) => match build(&new_cfg, &session, &metrics) {
-                        Ok((s, h)) => { syncer = s; hooks = h; cfg = new_cfg; full = true; }
+                        Ok((s, h)) => {
+                            health.set_sink_failure_threshold(new_cfg.agent.unready_after_sink_failures);
+                            syncer = s; hooks = h; cfg = new_cfg; full = true;
+                        }
                         Err(e) => tracing::error!(error = %e, "new config has a bad sink; keeping the old config"),
                     },
                     Err(e) => tracing::error!(error = %e, "new config is invalid; keeping the old config"),
@@ -251,6 +261,30 @@ async fn login_waiting(client: VaultClient, cfg: &Config) -> Result<Option<Arc<S
         }
         wait = (wait * 2).min(Duration::from_secs(30));
     }
+}
+
+/// This pass's report: what each key's sinks and exec variables hold, each key moved on only
+/// once its hook or exec restart finished (see `report.rs`).
+fn consumer_report(
+    reporter: &mut report::Reporter,
+    syncer: &Syncer,
+    hooks: &Hooks,
+    child: Option<&exec::Child>,
+    hook_results: &[hooks::HookResult],
+) -> crate::store::Ack {
+    let mut disk = syncer.holdings();
+    let mut gated: std::collections::BTreeSet<KeyName> = disk.keys().filter(|k| hooks.is_pending(k)).cloned().collect();
+    if let Some(c) = child {
+        for (k, h) in c.holdings() {
+            disk.entry(k).or_default().extend(h);
+        }
+        gated.extend(c.pending_keys());
+    }
+    for (key, result) in hook_results {
+        reporter.hook_finished(key, result, disk.get(key).cloned());
+    }
+    reporter.update(disk, &gated);
+    reporter.ack(&syncer.current_fingerprints())
 }
 
 /// The wait before the next poll: `poll` shortened by up to 10 %, never lengthened, so agents

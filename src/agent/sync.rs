@@ -5,7 +5,7 @@
 use crate::config::Config;
 use crate::render::{DirSink, KeyMaterial, RenderError, RenderOutcome, Sink};
 use crate::secret::Secret;
-use crate::store::{IndexEntry, KeyName, KeyStore, VersionRead};
+use crate::store::{IndexCursor, IndexEntry, IndexFormat, KeyName, KeyStore, SinkHold, VersionRead};
 use crate::telemetry::{KeyLabel, Metrics, SinkLabel, SinkResultLabel};
 use crate::vault::VaultError;
 use chrono::{DateTime, Utc};
@@ -35,6 +35,11 @@ struct Binding {
     label: String,
     /// Fingerprints of what was last rendered successfully; `None` forces a render.
     rendered: Option<String>,
+    /// Per key: the version and fingerprint the sink holds on disk, from its last successful
+    /// render in this agent's life (kept when a later render fails: the old file stays).
+    on_disk: BTreeMap<KeyName, (u64, String)>,
+    /// Why the last render failed, until one succeeds.
+    error: Option<String>,
 }
 
 /// Which keys changed in a pass, for hooks and exec.
@@ -45,6 +50,8 @@ pub struct PassReport {
     /// Sinks that failed or kept a stale file because a key was missing.
     pub failed_sinks: Vec<String>,
     pub missing_sinks: Vec<String>,
+    /// Why each sink in `failed_sinks` failed (the render error), for `/readyz`.
+    pub failure_reasons: BTreeMap<String, String>,
 }
 
 /// The sync state of one agent.
@@ -54,8 +61,17 @@ pub struct Syncer {
     keys: BTreeSet<KeyName>,
     bindings: Vec<Binding>,
     cache: BTreeMap<KeyName, CachedKey>,
-    /// The index version last acted on.
-    index_version: Option<u64>,
+    /// What the last poll saw of the change index; `None` until the first full read.
+    cursor: Option<IndexCursor>,
+    /// The paced full sync: where the sweep of key metadata stands, and how many keys each
+    /// pass checks so that every key is checked once per `agent.full_sync_interval`.
+    sweep_at: usize,
+    /// Keys per pass (a fraction when there are fewer keys than passes per interval) and
+    /// the fraction carried over, so the sweep costs exactly keys per interval.
+    sweep_per_pass: f64,
+    sweep_credit: f64,
+    /// Whether this agent already said it reads a legacy (format 1) index.
+    said_legacy: bool,
     /// Keys some sink renders with `include_previous`: only their previous version is read,
     /// so a change costs the other keys one data read, not two.
     wants_previous: BTreeSet<KeyName>,
@@ -78,6 +94,8 @@ impl Syncer {
                     sink: AnySink::File(Box::new(sink)),
                     keys: vec![parse(name)?],
                     rendered: None,
+                    on_disk: BTreeMap::new(),
+                    error: None,
                 });
             }
         }
@@ -92,6 +110,8 @@ impl Syncer {
                 sink: AnySink::File(Box::new(sink)),
                 keys,
                 rendered: None,
+                on_disk: BTreeMap::new(),
+                error: None,
             });
         }
         for d in &cfg.dir_sinks {
@@ -108,10 +128,26 @@ impl Syncer {
                 sink: AnySink::Dir(sink),
                 keys,
                 rendered: None,
+                on_disk: BTreeMap::new(),
+                error: None,
             });
         }
         let keys = cfg.rendered_keys().iter().map(|k| parse(k)).collect::<Result<BTreeSet<_>, _>>()?;
-        Ok(Syncer { store, metrics, keys, bindings, cache: BTreeMap::new(), index_version: None, wants_previous })
+        let sweep_per_pass =
+            sweep_per_pass(keys.len(), cfg.agent.poll_interval.get(), cfg.agent.full_sync_interval.get());
+        Ok(Syncer {
+            store,
+            metrics,
+            keys,
+            bindings,
+            cache: BTreeMap::new(),
+            cursor: None,
+            sweep_at: 0,
+            sweep_per_pass,
+            sweep_credit: 0.0,
+            said_legacy: false,
+            wants_previous,
+        })
     }
 
     pub fn sink_count(&self) -> usize {
@@ -123,16 +159,27 @@ impl Syncer {
         self.cache.get(name).and_then(|c| c.current.as_ref()).map(|(v, k, _)| (*v, k.clone()))
     }
 
-    /// Fingerprints of the current keys whose every sink rendered successfully.
-    pub fn rendered_fingerprints(&self) -> BTreeMap<String, String> {
-        let mut out = BTreeMap::new();
-        for name in &self.keys {
-            let bound: Vec<&Binding> = self.bindings.iter().filter(|b| b.keys.contains(name)).collect();
-            if bound.is_empty() || bound.iter().any(|b| b.rendered.is_none()) {
-                continue;
-            }
-            if let Some(m) = self.material(name) {
-                out.insert(name.to_string(), m.fingerprint.clone());
+    /// The fingerprint of each key's current version as last read.
+    pub fn current_fingerprints(&self) -> BTreeMap<String, String> {
+        self.cache
+            .iter()
+            .filter_map(|(n, c)| c.current.as_ref().map(|(_, k, _)| (n.to_string(), k.fingerprint())))
+            .collect()
+    }
+
+    /// Per key this agent renders: what each of its sinks holds on disk and the sink's last
+    /// error. A failed sink still holds what its last good render wrote (or nothing known).
+    pub fn holdings(&self) -> BTreeMap<KeyName, Vec<SinkHold>> {
+        let mut out: BTreeMap<KeyName, Vec<SinkHold>> = self.keys.iter().map(|k| (k.clone(), Vec::new())).collect();
+        for b in &self.bindings {
+            for k in &b.keys {
+                let held = b.on_disk.get(k);
+                out.entry(k.clone()).or_default().push(SinkHold {
+                    sink: b.label.clone(),
+                    version: held.map(|(v, _)| *v),
+                    fingerprint: held.map(|(_, fp)| fp.clone()),
+                    error: b.error.clone(),
+                });
             }
         }
         out
@@ -148,6 +195,17 @@ impl Syncer {
     /// periodic, SIGHUP). Returns what changed; an error means Vault could not be read and
     /// nothing on disk was touched.
     pub async fn pass(&mut self, full: bool) -> Result<PassReport, VaultError> {
+        // A pass that fails after the index poll must not lose what the poll announced: the
+        // next pass starts from the cursor as it was.
+        let (cursor, sweep_at, credit) = (self.cursor.clone(), self.sweep_at, self.sweep_credit);
+        let result = self.pass_inner(full).await;
+        if result.is_err() {
+            (self.cursor, self.sweep_at, self.sweep_credit) = (cursor, sweep_at, credit);
+        }
+        result
+    }
+
+    async fn pass_inner(&mut self, full: bool) -> Result<PassReport, VaultError> {
         let entries = self.entries(full).await?;
         let now = Utc::now();
         for name in self.keys.clone() {
@@ -177,40 +235,65 @@ impl Syncer {
                 let age = (now - since).num_milliseconds().max(0) as f64 / 1000.0;
                 self.metrics.key_age_seconds.get_or_create(&KeyLabel { key: name.to_string() }).set(age);
             }
+            self.update_expiry_metric(name, c, now);
         }
         Ok(self.render_all())
     }
 
+    /// The entries to act on. `full` (start, SIGHUP): every key's metadata, the truth the
+    /// index only announces. Otherwise the index poll (the root, plus shards whose root value
+    /// changed) and this pass's slice of the paced full sync.
     async fn entries(&mut self, full: bool) -> Result<BTreeMap<KeyName, IndexEntry>, VaultError> {
         let mut out = BTreeMap::new();
-        if full || self.index_version.is_none() {
-            // Read the index version first, so changes during the full read are seen next poll.
-            let snapshot = self.store.kv().index().read().await?;
-            for name in &self.keys {
-                let entry = match self.store.record(name).await {
-                    Ok(Some(r)) => IndexEntry::from_state(&r.state, r.current_deleted(&r.state)),
-                    Ok(None) => IndexEntry::default(),
-                    Err(crate::store::StoreError::Vault(e)) => return Err(e),
-                    Err(e) => {
-                        tracing::warn!(key = %name, error = %e, "cannot read the key's state; keeping its files as they are");
-                        self.cache.get(name).map(|c| c.entry.clone()).unwrap_or_default()
-                    }
-                };
-                out.insert(name.clone(), entry);
+        let index = self.store.kv().index();
+        let Some(cursor) = self.cursor.as_mut().filter(|_| !full) else {
+            // Look at the root first, so changes during the full read are seen next poll.
+            let mut cursor = IndexCursor::default();
+            index.mark_seen(&mut cursor).await?;
+            for name in self.keys.clone() {
+                let entry = self.metadata_entry(&name).await?;
+                out.insert(name, entry);
             }
-            self.index_version = Some(snapshot.version);
+            self.cursor = Some(cursor);
+            self.sweep_at = 0;
             return Ok(out);
+        };
+        let polled = index.poll(cursor, &self.keys).await?;
+        if polled.format == Some(IndexFormat::Legacy) && !self.said_legacy {
+            self.said_legacy = true;
+            tracing::info!("the change index is in the legacy single-secret format; the first keysync writer of this version converts it");
         }
-        let snapshot = self.store.kv().index().read().await?;
-        self.index_version = Some(snapshot.version);
-        for (name, entry) in snapshot.entries {
+        for (name, entry) in polled.entries {
             if let Ok(name) = KeyName::parse(&name) {
-                if self.keys.contains(&name) {
-                    out.insert(name, entry);
-                }
+                out.insert(name, entry);
             }
+        }
+        // The paced full sync: a few keys' metadata per pass, in turn. Metadata is the truth
+        // the index only announces, so it overrides the index's entry.
+        let keys: Vec<KeyName> = self.keys.iter().cloned().collect();
+        self.sweep_credit = (self.sweep_credit + self.sweep_per_pass).min(keys.len() as f64);
+        let now = self.sweep_credit.floor();
+        self.sweep_credit -= now;
+        for _ in 0..now as usize {
+            let name = keys[self.sweep_at % keys.len()].clone();
+            self.sweep_at = (self.sweep_at + 1) % keys.len();
+            let entry = self.metadata_entry(&name).await?;
+            out.insert(name, entry);
         }
         Ok(out)
+    }
+
+    /// A key's entry built from its metadata; a key keysync cannot decode keeps its files.
+    async fn metadata_entry(&self, name: &KeyName) -> Result<IndexEntry, VaultError> {
+        Ok(match self.store.record(name).await {
+            Ok(Some(r)) => IndexEntry::from_state(&r.state, r.current_deleted(&r.state)),
+            Ok(None) => IndexEntry::default(),
+            Err(crate::store::StoreError::Vault(e)) => return Err(e),
+            Err(e) => {
+                tracing::warn!(key = %name, error = %e, "cannot read the key's state; keeping its files as they are");
+                self.cache.get(name).map(|c| c.entry.clone()).unwrap_or_default()
+            }
+        })
     }
 
     /// Reads the data a key's entry points at. Vault errors propagate (files untouched);
@@ -250,8 +333,30 @@ impl Syncer {
 
     fn update_key_metrics(&self, name: &KeyName, key: &CachedKey) {
         let label = KeyLabel { key: name.to_string() };
-        if let Some((v, _, _)) = &key.current {
+        if let Some((v, _, fields)) = &key.current {
             self.metrics.key_current_version.get_or_create(&label).set(*v as i64);
+            if let Some(text) = fields.get("expires_at") {
+                if chrono::DateTime::parse_from_rfc3339(text).is_err() {
+                    tracing::warn!(key = %name, version = *v, expires_at = %text, "the key's expires_at field is not an RFC 3339 time (like 2027-01-31T00:00:00Z); keysync_key_expires_in_seconds is not exported for it");
+                }
+            }
+        }
+    }
+
+    /// `keysync_key_expires_in_seconds` from the current key's `expires_at` field, refreshed
+    /// every pass (so it is at most one poll old). A key without the field exports nothing; a
+    /// key whose field is not RFC 3339 exports nothing and is reported when read.
+    fn update_expiry_metric(&self, name: &KeyName, key: &CachedKey, now: chrono::DateTime<Utc>) {
+        let label = KeyLabel { key: name.to_string() };
+        let expires = key.current.as_ref().and_then(|(_, _, fields)| fields.get("expires_at"));
+        match expires.map(|text| chrono::DateTime::parse_from_rfc3339(text)) {
+            Some(Ok(at)) => {
+                let left = (at.with_timezone(&Utc) - now).num_milliseconds() as f64 / 1000.0;
+                self.metrics.key_expires_in_seconds.get_or_create(&label).set(left);
+            }
+            Some(Err(_)) | None => {
+                self.metrics.key_expires_in_seconds.remove(&label);
+            }
         }
     }
 
@@ -335,6 +440,18 @@ impl Syncer {
                             .get_or_create(&label)
                             .set(Utc::now().timestamp() as f64);
                     }
+                    match outcome {
+                        RenderOutcome::Written | RenderOutcome::Unchanged if signature.is_some() => {
+                            b.on_disk = b
+                                .keys
+                                .iter()
+                                .filter_map(|k| self.material(k).map(|m| (k.clone(), (m.version, m.fingerprint))))
+                                .collect();
+                        }
+                        RenderOutcome::Removed => b.on_disk.clear(),
+                        _ => {}
+                    }
+                    b.error = None;
                     if matches!(outcome, RenderOutcome::Written | RenderOutcome::Removed) {
                         tracing::info!(sink = %b.label, result = outcome_name, "rendered");
                         for k in &b.keys {
@@ -347,6 +464,8 @@ impl Syncer {
                 }
                 Err(e) => {
                     log_render_error(&b.label, &e);
+                    b.error = Some(short_error(&e.to_string()));
+                    report.failure_reasons.insert(b.label.clone(), e.to_string());
                     report.failed_sinks.push(b.label.clone());
                     b.rendered = None;
                 }
@@ -357,6 +476,42 @@ impl Syncer {
     }
 }
 
+/// A render error short enough for a report (render errors never carry key material).
+fn short_error(text: &str) -> String {
+    const MAX: usize = 300;
+    if text.chars().count() <= MAX {
+        return text.to_string();
+    }
+    format!("{}…", text.chars().take(MAX).collect::<String>())
+}
+
+/// Keys whose metadata each pass checks so that all `keys` are checked once per `full_sync`
+/// when a pass runs every `poll`: spread evenly instead of one burst of `keys` reads (a
+/// fraction below one: one key every few passes).
+fn sweep_per_pass(keys: usize, poll: std::time::Duration, full_sync: std::time::Duration) -> f64 {
+    let passes = (full_sync.as_secs_f64() / poll.as_secs_f64().max(0.001)).max(1.0);
+    keys as f64 / passes
+}
+
 fn log_render_error(sink: &str, e: &RenderError) {
     tracing::error!(sink = %sink, error = %e, "render failed; the previous file is left as it was");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sweep_per_pass;
+    use std::time::Duration;
+
+    #[test]
+    fn the_full_sync_is_spread_over_its_interval() {
+        let (poll, hour) = (Duration::from_secs(10), Duration::from_secs(3600));
+        // 360 passes an hour: 1,000 keys take 2.8 a pass, 100,000 keys 278 a pass.
+        assert!((sweep_per_pass(1_000, poll, hour) - 2.78).abs() < 0.01);
+        assert!((sweep_per_pass(100_000, poll, hour) - 277.8).abs() < 0.1);
+        // Fewer keys than passes: one key every 72 passes.
+        assert!((sweep_per_pass(5, poll, hour) - 5.0 / 360.0).abs() < 1e-9);
+        assert_eq!(sweep_per_pass(0, poll, hour), 0.0);
+        // An interval shorter than a poll checks everything every pass.
+        assert_eq!(sweep_per_pass(7, poll, Duration::from_secs(1)), 7.0);
+    }
 }

@@ -9,15 +9,7 @@ pub fn run(source: &ConfigSource, output: Output) -> Result<(), CliError> {
     let cfg = load_config(source)?;
     // Resolve VAULT_* fallbacks too, so a missing address is caught here, not at 3am.
     let settings = VaultSettings::from_env(&cfg.vault)?;
-    let token_note = match &cfg.vault.auth {
-        crate::config::AuthConfig::Token(t) if t.token_file.is_none() => {
-            match std::env::var("VAULT_TOKEN").ok().filter(|t| !t.is_empty()) {
-                Some(t) => format!("from VAULT_TOKEN ({})", crate::secret::mask(&t)),
-                None => "from ~/.vault-token (VAULT_TOKEN is not set)".to_string(),
-            }
-        }
-        other => format!("from {} login", other.method_name()),
-    };
+    let token_note = token_source(&cfg.vault.auth);
     match output {
         Output::Json => print_json(&json!({
             "file": source.path.display().to_string(),
@@ -49,4 +41,44 @@ pub fn run(source: &ConfigSource, output: Output) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// Where the token will come from, in words. Never any part of the token itself: not even a
+/// mask (8 characters of a root token are 8 characters fewer to guess).
+fn token_source(auth: &crate::config::AuthConfig) -> String {
+    use crate::config::AuthConfig;
+    match auth {
+        AuthConfig::Token(t) => match &t.token_file {
+            Some(file) => format!("from the token file {} (vault.auth.token_file)", file.display()),
+            None if std::env::var("VAULT_TOKEN").is_ok_and(|t| !t.trim().is_empty()) => {
+                "from the VAULT_TOKEN environment variable".to_string()
+            }
+            None => "from ~/.vault-token (VAULT_TOKEN is not set)".to_string(),
+        },
+        AuthConfig::Approle(a) => format!(
+            "from an approle login at auth/{}/login (role_id from {}, secret_id from {})",
+            a.mount,
+            a.role_id_file.display(),
+            a.secret_id_file.display()
+        ),
+        AuthConfig::Jwt(j) => {
+            format!(
+                "from a jwt login at auth/{}/login as role {:?} (JWT from {})",
+                j.mount,
+                j.role,
+                j.jwt_file.display()
+            )
+        }
+        AuthConfig::Kubernetes(k) => format!(
+            "from a kubernetes login at auth/{}/login as role {:?} (service-account token from {})",
+            k.mount,
+            k.role,
+            k.jwt_file.display()
+        ),
+        AuthConfig::Cert(c) => format!(
+            "from a cert login at auth/{}/login{} with the client certificate in vault.client_cert (or VAULT_CLIENT_CERT)",
+            c.mount,
+            c.name.as_ref().map(|n| format!(" as role {n:?}")).unwrap_or_default()
+        ),
+    }
 }

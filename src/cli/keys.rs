@@ -273,6 +273,7 @@ fn status_json(r: &KeyRecord) -> Value {
         "external_versions": r.external_versions(),
         "latest_version": r.meta.current_version,
         "interrupted_rotation": r.state.intent,
+        "forced_retirement": r.state.forced_retirement,
         "deleted_versions": r.meta.versions.iter().filter(|(_, m)| m.deletion_time.is_some() && !m.destroyed).map(|(v, _)| *v).collect::<Vec<_>>(),
         "destroyed_versions": r.meta.versions.iter().filter(|(_, m)| m.destroyed).map(|(v, _)| *v).collect::<Vec<_>>(),
         "managed": r.state.managed,
@@ -350,6 +351,9 @@ fn print_status(r: &KeyRecord) {
     if !s.failed.is_empty() {
         let list: Vec<String> = s.failed.iter().map(|v| format!("v{v}")).collect();
         println!("  failed     {}", list.join(", "));
+    }
+    if let Some(note) = &s.forced_retirement {
+        println!("  forced retirement: {note} (see `keysync status {} --consumers`)", r.name);
     }
     if let Some(intent) = &s.intent {
         println!("  interrupted rotation by {intent}: a key may have been minted at the provider and not stored; check for an unused key");

@@ -1,7 +1,9 @@
 //! The `keysync` command line: argument parsing and one function per subcommand.
 
 mod check_config;
+mod consumers;
 mod import;
+mod index;
 mod keys;
 mod login;
 mod output;
@@ -86,6 +88,10 @@ pub enum Command {
     /// Current / previous / pending versions, grace, disabled and external versions.
     Status {
         name: Option<String>,
+        /// Show the agents reporting NAME: what each sink holds, and whether retirement of the
+        /// previous key is held and by whom.
+        #[arg(long, requires = "name")]
+        consumers: bool,
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
     },
@@ -159,6 +165,9 @@ pub enum Command {
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff) to stdout.
     Man,
+    /// The change index agents poll: status, migrate (legacy to sharded), drop-legacy.
+    #[command(subcommand)]
+    Index(index::IndexCommand),
     /// Import many keys from JSON ({"name": "key"}) or a .env file (NAME_API_KEY=key).
     Import {
         file: PathBuf,
@@ -261,7 +270,12 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
             keys::get(&open_store(&source).await?, &name, version, reveal, output).await
         }
         Command::List { output } => keys::list(&open_store(&source).await?, output).await,
-        Command::Status { name, output } => {
+        Command::Status { name, consumers: true, output } => {
+            let name = keys::parse_name(name.as_deref().unwrap_or_default())?;
+            let cfg = load_config(&source)?;
+            consumers::run(&cfg, &store_for(&cfg).await?, &name, output).await
+        }
+        Command::Status { name, consumers: false, output } => {
             let name = name.as_deref().map(keys::parse_name).transpose()?;
             keys::status(&open_store(&source).await?, name.as_ref(), output).await
         }
@@ -317,6 +331,7 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
         }
         Command::Run { once } => run_agent(&source, once, None).await,
         Command::Exec { command } => run_agent(&source, false, Some(crate::agent::ExecSpec { argv: command })).await,
+        Command::Index(command) => index::run(&open_store(&source).await?, command).await,
         Command::Import { file, no_promote, output } => {
             import::run(&open_store(&source).await?, &file, !no_promote, output).await
         }

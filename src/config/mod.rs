@@ -47,7 +47,8 @@ pub struct AgentConfig {
     /// How often to look for changes (one Vault request per poll); each wait is up to 10% shorter
     /// (jitter spreads agents, never delays a change beyond one interval).
     pub poll_interval: HumanDuration,
-    /// How often to re-read every key's metadata, catching changes made outside keysync.
+    /// Every key's metadata is re-read once per this interval, a few keys each poll, catching
+    /// changes the index did not announce (edited by hand, or a writer that died in between).
     pub full_sync_interval: HumanDuration,
     /// Address of /metrics, /healthz, /readyz; "off" disables the endpoint.
     pub listen: String,
@@ -58,17 +59,21 @@ pub struct AgentConfig {
     /// Record the fingerprints this agent rendered under `<prefix>/_acks/<agent-id>`, so a
     /// previous key is retired once every reporting agent switched (or grace ends).
     pub report_renders: bool,
+    /// `/readyz` answers 503 (naming the sink and its error) once a sink has failed this many
+    /// passes in a row; 0 = sink failures never make the agent unready.
+    pub unready_after_sink_failures: u32,
 }
 
 impl Default for AgentConfig {
     fn default() -> Self {
         AgentConfig {
             poll_interval: HumanDuration::from_secs(10),
-            full_sync_interval: HumanDuration::from_secs(300),
+            full_sync_interval: HumanDuration::from_secs(3600),
             listen: "127.0.0.1:9464".into(),
             rotate: false,
             rotation_check_interval: HumanDuration::from_secs(60),
             report_renders: false,
+            unready_after_sink_failures: 3,
         }
     }
 }
@@ -131,6 +136,13 @@ pub struct ExecConfig {
     pub signal: Option<String>,
     /// How long a stopping child gets between SIGTERM and SIGKILL.
     pub kill_timeout: Option<HumanDuration>,
+    /// Debounce: restart (or signal) the child only after its keys were quiet this long, so
+    /// keys changing together restart it once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait_min: Option<HumanDuration>,
+    /// ...but no later than this after the first change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait_max: Option<HumanDuration>,
     /// Run the child as this user (name or uid); needs keysync as root.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
@@ -162,8 +174,11 @@ pub struct RotationConfig {
     /// pending once it is this old (its writer crashed); younger, its writer is still at work.
     pub adopt_after: HumanDuration,
     /// Render reports older than this are ignored (the agent is gone); reporting agents
-    /// refresh theirs at every full sync.
+    /// refresh theirs every `ack_ttl` / 2.
     pub ack_ttl: HumanDuration,
+    /// How long past grace a previous key may stay unretired because a fresh agent still
+    /// holds it; then it is retired anyway (logged, counted, shown by `status`).
+    pub max_hold: HumanDuration,
 }
 
 impl Default for RotationConfig {
@@ -172,6 +187,7 @@ impl Default for RotationConfig {
             grace: HumanDuration::from_secs(24 * 3600),
             adopt_after: HumanDuration::from_secs(30),
             ack_ttl: HumanDuration::from_secs(600),
+            max_hold: HumanDuration::from_secs(12 * 3600),
         }
     }
 }
@@ -724,6 +740,7 @@ impl Config {
         let Some(provider) = &key.provider else { return Ok(None) };
         let policy = key.rotation.clone().unwrap_or_default();
         let grace = policy.grace.map(|g| g.get()).unwrap_or(self.rotation.grace.get());
+        let max_hold = policy.max_hold.map(|g| g.get());
         Ok(Some(crate::rotation::KeyPlan {
             name: crate::store::KeyName::parse(name)?,
             provider: crate::provider::Provider::from_config(provider).map_err(|e| e.to_string())?,
@@ -732,6 +749,7 @@ impl Config {
             grace,
             adopt_after: self.rotation.adopt_after.get(),
             ack_ttl: self.rotation.ack_ttl.get(),
+            max_hold: max_hold.unwrap_or(self.rotation.max_hold.get()),
         }))
     }
 

@@ -86,7 +86,7 @@ pub enum ProviderError {
     #[error("invalid provider config: {0}")]
     Config(String),
     /// A provider's API refused the request (an error status, no connection): nothing was
-    /// minted.
+    /// minted (or, for a revocation, revoked).
     #[error("{0}")]
     ApiRefused(String),
     /// A provider's API answered with something unusable, or not in time: it may have minted

@@ -5,6 +5,7 @@
 use crate::config::HumanDuration;
 use crate::secret::Secret;
 use backon::{BackoffBuilder, ExponentialBuilder};
+use chrono::{DateTime, Utc};
 use reqwest::header::{HeaderName, HeaderValue, AUTHORIZATION, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
@@ -34,7 +35,30 @@ pub enum Preset {
     Custom,
 }
 
+/// Which provider API a preset speaks: how the key is sent and what a refusal looks like.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    /// `Authorization: Bearer`, refusal = 401 (403 for a key without access).
+    OpenaiCompatible,
+    /// `x-api-key`, refusal = 401 `authentication_error` (403 `permission_error`).
+    Anthropic,
+    /// `x-goog-api-key`, refusal = 400 `INVALID_ARGUMENT` with reason `API_KEY_INVALID`
+    /// (403 `PERMISSION_DENIED` for a key without access).
+    Gemini,
+    /// Whatever the operator configured; refusal = 401/403.
+    Custom,
+}
+
 impl Preset {
+    fn family(self) -> Family {
+        match self {
+            Preset::Anthropic => Family::Anthropic,
+            Preset::Gemini => Family::Gemini,
+            Preset::Custom => Family::Custom,
+            _ => Family::OpenaiCompatible,
+        }
+    }
+
     /// The provider's public API root; `None` for `custom`.
     pub fn default_base_url(self) -> Option<&'static str> {
         Some(match self {
@@ -106,7 +130,8 @@ impl Validation {
 pub enum Verdict {
     /// The provider accepted the key: safe to promote.
     Valid,
-    /// The provider rejected the key (401/403): never promote it.
+    /// The provider rejected the key (401/403, or Gemini's 400 `API_KEY_INVALID`): never
+    /// promote it.
     Invalid(String),
     /// No answer either way (429, 5xx, timeouts, network errors after retries, odd statuses):
     /// keep the current key and try again later.
@@ -135,6 +160,7 @@ struct Plan {
     prefix: String,
     extra: Vec<(HeaderName, HeaderValue)>,
     expect: Option<StatusCode>,
+    family: Family,
 }
 
 enum Attempt {
@@ -173,7 +199,7 @@ impl Validation {
                     Preset::Gemini => (HeaderName::from_static("x-goog-api-key"), String::new(), Vec::new()),
                     _ => (AUTHORIZATION, "Bearer ".to_string(), Vec::new()),
                 };
-                Plan { method: Method::GET, url, header, prefix, extra, expect: None }
+                Plan { method: Method::GET, url, header, prefix, extra, expect: None, family: self.preset.family() }
             }
             None => {
                 if self.base_url.is_some() {
@@ -202,7 +228,7 @@ impl Validation {
                     Some(code) => StatusCode::from_u16(code)
                         .map_err(|_| format!("validation: `expect` {code} is not an HTTP status"))?,
                 };
-                Plan { method, url, header, prefix, extra: Vec::new(), expect: Some(expect) }
+                Plan { method, url, header, prefix, extra: Vec::new(), expect: Some(expect), family: Family::Custom }
             }
         };
         let parsed = url::Url::parse(&plan.url).map_err(|e| format!("validation: invalid URL {:?}: {e}", plan.url))?;
@@ -213,9 +239,10 @@ impl Validation {
     }
 
     /// Calls the provider with `key`. Retries 429, 408, 5xx, timeouts and network errors up to
-    /// 3 tries with jittered exponential backoff, waiting at least `Retry-After` seconds (capped
-    /// at 30 s) when the provider asks. Never follows redirects, so the key is only ever sent to
-    /// the configured host.
+    /// 3 tries with jittered exponential backoff, never sooner than `Retry-After` (or Gemini's
+    /// `retryDelay`); a provider asking for more than 30 s gets no early retry: the answer is
+    /// undecided right away and the rotation tries again later. Never follows redirects, so
+    /// the key is only ever sent to the configured host.
     pub async fn validate(&self, key: &Secret) -> Verdict {
         self.validate_with(key, Retry::default()).await
     }
@@ -245,13 +272,20 @@ impl Validation {
         loop {
             match attempt(&client, &plan, &auth).await {
                 Attempt::Done(verdict) => return verdict,
-                Attempt::Retry { reason, retry_after } => match backoff.next() {
-                    None => return Verdict::Undecided(format!("{reason} (after {} tries)", retry.max_tries)),
-                    Some(delay) => {
-                        let delay = retry_after.map_or(delay, |ra| ra.min(retry.max_retry_after).max(delay));
-                        tokio::time::sleep(delay).await;
+                Attempt::Retry { reason, retry_after } => {
+                    // Asked to wait longer than a check may take: no early retry (it would only
+                    // be refused again); the rotation's own backoff tries later.
+                    if let Some(wait) = retry_after.filter(|w| *w > retry.max_retry_after) {
+                        return Verdict::Undecided(format!(
+                            "{reason}; the provider asks to wait {} before retrying",
+                            humantime::format_duration(wait)
+                        ));
                     }
-                },
+                    match backoff.next() {
+                        None => return Verdict::Undecided(format!("{reason} (after {} tries)", retry.max_tries)),
+                        Some(delay) => tokio::time::sleep(retry_after.map_or(delay, |ra| ra.max(delay))).await,
+                    }
+                }
             }
         }
     }
@@ -278,20 +312,164 @@ async fn attempt(client: &reqwest::Client, plan: &Plan, auth: &HeaderValue) -> A
     if valid {
         return Attempt::Done(Verdict::Valid);
     }
-    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-        return Attempt::Done(Verdict::Invalid(format!("{} rejected the key with {status}", plan.url)));
+    let retry_after = response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, Utc::now()));
+    let refusal = Refusal::parse(&read_refusal(response).await);
+    let detail = refusal.describe();
+    match classify(plan.family, status, &refusal) {
+        Class::Invalid => {
+            Attempt::Done(Verdict::Invalid(format!("{} rejected the key with {status}{detail}", plan.url)))
+        }
+        Class::Retry => Attempt::Retry {
+            reason: format!("{} answered {status}{detail}", plan.url),
+            retry_after: retry_after.or(refusal.retry_delay),
+        },
+        Class::Undecided => {
+            Attempt::Done(Verdict::Undecided(format!("{} answered unexpected status {status}{detail}", plan.url)))
+        }
     }
-    if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT || status.is_server_error() {
-        // Only the delay-seconds form; an HTTP-date falls back to our own backoff.
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        return Attempt::Retry { reason: format!("{} answered {status}", plan.url), retry_after };
+}
+
+/// What an answer other than "valid" means.
+#[derive(Debug, PartialEq, Eq)]
+enum Class {
+    /// The provider refused the key itself.
+    Invalid,
+    /// Busy, rate limited or failing: ask again (after `Retry-After`).
+    Retry,
+    /// Neither: most likely a wrong `base_url` or a request keysync got wrong.
+    Undecided,
+}
+
+/// Each family's documented refusal (checked 2026-12; the pages are the providers' own):
+///
+/// * OpenAI: 401 "Invalid Authentication" / "Incorrect API key provided" (`invalid_api_key`),
+///   403 for a country or project without access, 429 rate limit or quota, 500/503
+///   (developers.openai.com/docs/guides/error-codes).
+/// * DeepSeek: 401 "Authentication Fails", 402 insufficient balance, 429 rate limit, 500, 503
+///   overloaded (api-docs.deepseek.com/quick_start/error_codes).
+/// * Qwen (DashScope compatible mode): 401 `InvalidApiKey` "Invalid API-key provided", 403
+///   access denied, 429 throttling (alibabacloud.com/help/en/model-studio/error-code).
+/// * Moonshot (Kimi): 401 invalid authentication, 403 insufficient balance, 429, 500
+///   (kimi.com/help/kimi-api/api-error-codes).
+/// * Zhipu (GLM, z.ai / bigmodel.cn): HTTP 401 with business codes 1000–1004 for a bad or
+///   expired key; 429 for concurrency, balance and locked accounts (docs.z.ai/api-reference/api-code).
+/// * Doubao (Volcengine Ark): 401 `AuthenticationError` for a missing or wrong key (Ark API
+///   reference, error codes).
+/// * Mistral: 401 missing/invalid/expired key, 403 no access to the model, 429
+///   (docs.mistral.ai/resources/error-glossary). Groq: 401, 403, 429 with `retry-after`
+///   (console.groq.com/docs/errors). OpenRouter: 401 invalid or revoked key
+///   (openrouter.ai/docs, errors). Together: not checked; it claims OpenAI compatibility.
+///   Ollama ignores the key (no auth): its check only proves the server answers.
+/// * Anthropic: `{"type":"error","error":{"type":…}}` with 401 `authentication_error`, 403
+///   `permission_error`, 429 `rate_limit_error` (with `retry-after`), 500 `api_error`, 529
+///   `overloaded_error` (docs.claude.com/en/api/errors).
+/// * Gemini: a bad key is **400** `INVALID_ARGUMENT` with `details[].reason =
+///   "API_KEY_INVALID"` ("API key not valid. Please pass a valid API key."), not 401; 403
+///   `PERMISSION_DENIED` for a key without access; 429 `RESOURCE_EXHAUSTED`, whose
+///   `RetryInfo.retryDelay` stands in for `Retry-After`; 500/503
+///   (ai.google.dev/gemini-api/docs/troubleshooting). `API_KEY_EXPIRED` is the same answer
+///   for an expired key (seen in Google's answers, not in that table).
+///
+/// So: 401 and 403 refuse the key everywhere; Gemini's 400 does only with its key reason
+/// (any other 400 is a malformed request: undecided, never "the key is bad"); 408, 429 and
+/// 5xx (529 included) are retried; anything else is undecided.
+fn classify(family: Family, status: StatusCode, refusal: &Refusal) -> Class {
+    match status.as_u16() {
+        401 | 403 => Class::Invalid,
+        400 if family == Family::Gemini && refusal.has_code(&["API_KEY_INVALID", "API_KEY_EXPIRED"]) => Class::Invalid,
+        408 | 429 => Class::Retry,
+        s if s >= 500 => Class::Retry,
+        _ => Class::Undecided,
     }
-    Attempt::Done(Verdict::Undecided(format!("{} answered unexpected status {status}", plan.url)))
+}
+
+/// The most of a refusal keysync reads: error bodies are a few hundred bytes.
+const MAX_REFUSAL: usize = 16 * 1024;
+
+async fn read_refusal(mut response: reqwest::Response) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        if out.len() + chunk.len() > MAX_REFUSAL {
+            break;
+        }
+        out.extend_from_slice(&chunk);
+    }
+    out
+}
+
+/// The machine-readable parts of an error body: type, code, status and reason words (never
+/// the message, which some providers fill with part of the key), and Gemini's retry delay.
+#[derive(Debug, Default)]
+struct Refusal {
+    codes: Vec<String>,
+    retry_delay: Option<Duration>,
+}
+
+impl Refusal {
+    /// Reads `{"error": {"type", "code", "status", "details": [{"reason", "retryDelay"}]}}`
+    /// (OpenAI-compatible, Anthropic and Google shapes) and a top-level `type`/`code`
+    /// (Mistral). Anything else gives an empty refusal.
+    fn parse(body: &[u8]) -> Refusal {
+        let mut refusal = Refusal::default();
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else { return refusal };
+        let error = value.get("error").filter(|e| e.is_object());
+        let mut words: Vec<&serde_json::Value> = Vec::new();
+        if let Some(e) = error {
+            words.extend(["type", "code", "status"].iter().filter_map(|k| e.get(*k)));
+            for detail in e.get("details").and_then(|d| d.as_array()).into_iter().flatten() {
+                words.extend(detail.get("reason"));
+                if let Some(delay) = detail.get("retryDelay").and_then(|d| d.as_str()) {
+                    refusal.retry_delay = parse_google_duration(delay);
+                }
+            }
+        } else {
+            words.extend(["type", "code"].iter().filter_map(|k| value.get(*k)));
+        }
+        for word in words {
+            // Numbers (Google's `code`) only repeat the HTTP status.
+            let serde_json::Value::String(text) = word else { continue };
+            let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+            if !text.is_empty() && text.len() <= 64 && text.chars().all(plain) && !refusal.codes.contains(text) {
+                refusal.codes.push(text.clone());
+            }
+        }
+        refusal
+    }
+
+    fn has_code(&self, any_of: &[&str]) -> bool {
+        self.codes.iter().any(|c| any_of.contains(&c.as_str()))
+    }
+
+    /// ` (authentication_error)`, or nothing when the body said nothing usable.
+    fn describe(&self) -> String {
+        if self.codes.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", self.codes.join(", "))
+        }
+    }
+}
+
+/// `Retry-After` (RFC 9110 §10.2.3): delay-seconds, or an HTTP-date (`Wed, 21 Oct 2015
+/// 07:28:00 GMT`) counted from `now`; a date in the past means "now". Anything else: `None`,
+/// and keysync's own backoff applies.
+fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = DateTime::parse_from_rfc2822(value).ok()?.with_timezone(&Utc);
+    Some((at - now).to_std().unwrap_or(Duration::ZERO))
+}
+
+/// Google's `google.protobuf.Duration` JSON form: `"37s"`, `"1.5s"`.
+fn parse_google_duration(text: &str) -> Option<Duration> {
+    let seconds: f64 = text.strip_suffix('s')?.parse().ok()?;
+    (0.0..1e9).contains(&seconds).then(|| Duration::from_secs_f64(seconds))
 }
 
 #[cfg(test)]
@@ -430,6 +608,67 @@ mod tests {
         let head = seen.lock().unwrap()[0].clone();
         assert!(head.starts_with("post /v2/check "), "{head}");
         assert!(head.contains("x-key: sk-test-0123456789abcdef"), "{head}");
+    }
+
+    #[test]
+    fn each_family_reads_its_documented_refusal() {
+        let gemini_bad = br#"{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID","domain":"googleapis.com"}]}}"#;
+        let r = Refusal::parse(gemini_bad);
+        assert_eq!(r.codes, ["INVALID_ARGUMENT", "API_KEY_INVALID"]);
+        assert_eq!(classify(Family::Gemini, StatusCode::BAD_REQUEST, &r), Class::Invalid);
+        // The same 400 from an OpenAI-compatible API, or a Gemini 400 about the request, is
+        // not a verdict on the key.
+        assert_eq!(classify(Family::OpenaiCompatible, StatusCode::BAD_REQUEST, &r), Class::Undecided);
+        let malformed = Refusal::parse(br#"{"error":{"code":400,"status":"INVALID_ARGUMENT","message":"x"}}"#);
+        assert_eq!(classify(Family::Gemini, StatusCode::BAD_REQUEST, &malformed), Class::Undecided);
+
+        let anthropic = Refusal::parse(
+            br#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#,
+        );
+        assert_eq!(anthropic.describe(), " (authentication_error)");
+        assert_eq!(classify(Family::Anthropic, StatusCode::UNAUTHORIZED, &anthropic), Class::Invalid);
+        let overloaded =
+            Refusal::parse(br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#);
+        assert_eq!(classify(Family::Anthropic, StatusCode::from_u16(529).unwrap(), &overloaded), Class::Retry);
+
+        // OpenAI's message quotes part of the key: only type and code are kept.
+        let openai = Refusal::parse(
+            br#"{"error":{"message":"Incorrect API key provided: sk-abc***wxyz.","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}"#,
+        );
+        assert_eq!(openai.describe(), " (invalid_request_error, invalid_api_key)");
+        assert_eq!(classify(Family::OpenaiCompatible, StatusCode::UNAUTHORIZED, &openai), Class::Invalid);
+        assert_eq!(classify(Family::OpenaiCompatible, StatusCode::FORBIDDEN, &Refusal::default()), Class::Invalid);
+        assert_eq!(classify(Family::OpenaiCompatible, StatusCode::TOO_MANY_REQUESTS, &openai), Class::Retry);
+        assert_eq!(classify(Family::Custom, StatusCode::SERVICE_UNAVAILABLE, &openai), Class::Retry);
+        assert_eq!(classify(Family::Custom, StatusCode::NOT_FOUND, &openai), Class::Undecided);
+
+        let limited = Refusal::parse(
+            br#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"37s"}]}}"#,
+        );
+        assert_eq!(limited.retry_delay, Some(Duration::from_secs(37)));
+        assert_eq!(parse_google_duration("1.5s"), Some(Duration::from_millis(1500)));
+        let now = DateTime::parse_from_rfc3339("2015-10-21T07:28:00Z").unwrap().with_timezone(&Utc);
+        assert_eq!(parse_retry_after(" 120 ", now), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 09:28:00 GMT", now), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_google_duration("-1s"), None);
+        assert_eq!(parse_google_duration("soon"), None);
+        // Odd bodies give nothing, and words that are not plain identifiers are dropped.
+        assert!(Refusal::parse(b"<html>bad gateway</html>").codes.is_empty());
+        assert!(Refusal::parse(br#"{"error":{"type":"has spaces and sk-secret"}}"#).codes.is_empty());
+        assert_eq!(
+            Refusal::parse(br#"{"object":"error","type":"invalid_request_error","code":"unknown_model"}"#).codes.len(),
+            2
+        );
+    }
+
+    #[tokio::test]
+    async fn a_long_retry_after_is_not_retried_early() {
+        let (base, seen) = serve(vec![(429, "Retry-After: 3600\r\n"), (200, "")]).await;
+        let verdict = openai_at(&base).validate_with(&key(), fast()).await;
+        assert!(matches!(verdict, Verdict::Undecided(ref m) if m.contains("429") && m.contains("1h")), "{verdict:?}");
+        assert_eq!(seen.lock().unwrap().len(), 1);
     }
 
     #[test]

@@ -4,10 +4,11 @@
 //! promoting a given pending version give the same result whoever does them, and a loser
 //! revokes the key it minted so nothing is orphaned at the provider.
 
+use super::holds::{self, Retirement};
 use super::{decide, Clock, RotationPolicy};
 use crate::provider::{Provider, Validation, Verdict};
 use crate::store::{chrono_duration, KeyData, KeyName, KeyStore, PutOptions, StoreError, VersionRead};
-use crate::telemetry::{KeyLabel, KeyReasonLabel, KeyResultLabel, Metrics};
+use crate::telemetry::{KeyLabel, KeyReasonLabel, KeyResultLabel, KeyStateLabel, Metrics};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use std::time::Duration;
@@ -30,6 +31,8 @@ pub struct KeyPlan {
     pub adopt_after: Duration,
     /// Render reports younger than this count when deciding to retire before grace ends.
     pub ack_ttl: Duration,
+    /// How long past grace retirement may wait for an agent still holding the previous key.
+    pub max_hold: Duration,
 }
 
 /// What one step did.
@@ -392,16 +395,38 @@ impl Engine<'_> {
         Ok(Outcome::Failed { version, why })
     }
 
-    /// After grace: revoke the previous key at the provider (when it can and the policy
-    /// wants it) and clear `previous`.
+    /// Retires the previous key when [`super::holds::decide`] says so: early once every
+    /// reporting agent holds the current key, at grace end unless a fresh agent still holds
+    /// the previous one, and past `max_hold` anyway — loudly (error log, metric, a
+    /// `forced_retirement` note that `keysync status` shows).
     async fn retire_if_due(&self, plan: &KeyPlan) -> Result<(), StoreError> {
         let name = &plan.name;
         let record = self.store.require(name).await?;
-        let (Some(prev), Some(until)) = (record.state.previous, record.state.grace_until) else { return Ok(()) };
-        if until > self.clock.now() && !self.every_reporting_agent_switched(plan, &record).await? {
+        let (Some(prev), Some(_)) = (record.state.previous, record.state.grace_until) else { return Ok(()) };
+        let decision = self.every_reporting_agent_switched(plan, &record).await?;
+        if !decision.retire_now() {
             return Ok(());
         }
-        self.retire(plan, prev).await
+        self.retire(plan, prev).await?;
+        if let Retirement::Forced { by, why } = decision {
+            // Counted and logged once the retirement happened (a failed revoke is retried).
+            tracing::error!(key = %name, held_by = %by.join(" "), why = %why, "retired the previous key although agents still hold it: max_hold ran out; fix those agents' sinks or hooks");
+            if let Some(m) = self.metrics {
+                m.retirements_forced_total.get_or_create(&KeyLabel { key: name.to_string() }).inc();
+            }
+            let note = format!("{why} (at {} by {})", self.clock.now().to_rfc3339(), self.store.actor());
+            let noted = self
+                .store
+                .update_state(name, |_, s| {
+                    s.forced_retirement = Some(note);
+                    Ok(())
+                })
+                .await;
+            if let Err(e) = noted {
+                tracing::warn!(key = %name, error = %e, "could not record the forced retirement for `keysync status`");
+            }
+        }
+        Ok(())
     }
 
     /// Revokes version `prev` at the provider (when it can and the policy wants it), then
@@ -432,33 +457,52 @@ impl Engine<'_> {
         Ok(())
     }
 
-    /// True when at least one agent reports renders (within `ack_ttl`) and all of them
-    /// rendered the current key: consumers switched, the previous key can go before grace ends.
+    /// Reads the agents' reports and decides about the previous key (see
+    /// [`super::holds`]); logs and exports the decision (`keysync_key_consumers`,
+    /// `keysync_retirement_held`, `keysync_retirements_forced_total`).
     async fn every_reporting_agent_switched(
         &self,
         plan: &KeyPlan,
         record: &crate::store::KeyRecord,
-    ) -> Result<bool, StoreError> {
-        let Some(current_fp) = record.state.current.and_then(|c| record.state.fingerprints.get(&c)) else {
-            return Ok(false);
-        };
+    ) -> Result<Retirement, StoreError> {
+        let name = &plan.name;
         let now = self.clock.now();
-        let fresh: Vec<crate::store::Ack> = self
-            .store
-            .kv()
-            .acks()
-            .all()
-            .await?
-            .into_iter()
-            .map(|(_, a)| a)
-            .filter(|a| a.seen_at.is_some_and(|t| now - t < chrono_duration(plan.ack_ttl)))
-            .filter(|a| a.keys.contains_key(plan.name.as_str()))
-            .collect();
-        let switched = !fresh.is_empty() && fresh.iter().all(|a| a.keys.get(plan.name.as_str()) == Some(current_fp));
-        if switched {
-            tracing::info!(key = %plan.name, agents = fresh.len(), "every reporting agent renders the current key; retiring the previous one early");
+        let acks = self.store.kv().acks().all().await?;
+        let consumers = holds::consumers(record, &acks, now, plan.ack_ttl);
+        let decision = holds::decide(record, &consumers, now, plan.max_hold);
+        let label = KeyLabel { key: name.to_string() };
+        let was_held = self.metrics.is_some_and(|m| m.retirement_held.get_or_create(&label).get() == 1);
+        match &decision {
+            Retirement::Early => {
+                let agents = consumers.iter().filter(|c| c.fresh).count();
+                tracing::info!(key = %name, agents, "every reporting agent holds the current key; retiring the previous one early");
+            }
+            Retirement::Held { by, until } if !was_held => {
+                tracing::warn!(key = %name, held_by = %by.join(" "), until = %until.to_rfc3339(), "grace is over but agents still hold the previous key; retirement waits for them (max_hold)");
+            }
+            Retirement::Held { by, .. } => {
+                tracing::debug!(key = %name, held_by = %by.join(" "), "retirement still held");
+            }
+            _ => {}
         }
-        Ok(switched)
+        if let Some(m) = self.metrics {
+            m.retirement_held.get_or_create(&label).set(i64::from(matches!(decision, Retirement::Held { .. })));
+            // After a retirement the previous key's holders are stale: count them as such.
+            let counted = if decision.retire_now() {
+                let mut after = record.clone();
+                after.state.previous = None;
+                holds::consumers(&after, &acks, now, plan.ack_ttl)
+            } else {
+                consumers
+            };
+            for state in holds::CONSUMER_STATES {
+                let n = counted.iter().filter(|c| c.state() == state).count();
+                m.key_consumers
+                    .get_or_create(&KeyStateLabel { key: name.to_string(), state: state.into() })
+                    .set(n as i64);
+            }
+        }
+        Ok(decision)
     }
 
     /// Before minting: delete provider keys an earlier, crashed rotation minted but never

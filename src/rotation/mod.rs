@@ -4,6 +4,7 @@
 
 mod clock;
 mod engine;
+pub mod holds;
 mod policy;
 
 pub use clock::{Clock, FakeClock, SystemClock};

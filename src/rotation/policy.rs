@@ -27,6 +27,10 @@ pub struct RotationPolicy {
     /// How long the previous key stays usable after promotion, for clients still holding it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grace: Option<HumanDuration>,
+    /// Overrides `[rotation] max_hold` for this key: how long past grace the previous key may
+    /// stay unretired while a fresh agent still holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_hold: Option<HumanDuration>,
     /// Spread due times over `[0, jitter)` per key so many keys don't hit a provider at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jitter: Option<HumanDuration>,
@@ -53,6 +57,7 @@ impl Default for RotationPolicy {
             window: None,
             max_age: None,
             grace: None,
+            max_hold: None,
             jitter: None,
             validate: true,
             revoke_previous: None,

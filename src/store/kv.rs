@@ -79,11 +79,18 @@ pub struct Kv {
     session: Arc<Session>,
     mount: String,
     prefix: String,
+    /// What this process learned about the change index's layout (shared by clones).
+    index_state: Arc<super::index::WriterState>,
 }
 
 impl Kv {
     pub fn new(session: Arc<Session>, mount: &str, prefix: &str) -> Self {
-        Kv { session, mount: mount.trim_matches('/').into(), prefix: prefix.trim_matches('/').into() }
+        Kv {
+            session,
+            mount: mount.trim_matches('/').into(),
+            prefix: prefix.trim_matches('/').into(),
+            index_state: Arc::default(),
+        }
     }
 
     pub fn session(&self) -> &Arc<Session> {
@@ -97,7 +104,7 @@ impl Kv {
 
     /// The change index under the same mount and prefix.
     pub fn index(&self) -> super::Index {
-        super::Index::new(self.session.clone(), &self.mount, &self.prefix)
+        super::Index::with_state(self.session.clone(), &self.mount, &self.prefix, self.index_state.clone())
     }
 
     /// `<mount>/<kind>/<prefix>/<name>`: the path of a key under one KV v2 endpoint.

@@ -10,8 +10,11 @@ mod kv;
 mod name;
 mod state;
 
-pub use acks::{ack_id, Ack, Acks};
-pub use index::{Index, IndexEntry, IndexSnapshot, INDEX_NAME};
+pub use acks::{ack_id, Ack, Acks, SinkHold};
+pub use index::{
+    names_in_shard, shard_of, Index, IndexCursor, IndexEntry, IndexFormat, IndexSnapshot, Polled, INDEX_DIR,
+    INDEX_NAME, SHARDS,
+};
 pub use kv::{KeyData, Kv, Metadata, VersionMeta, VersionRead};
 pub use name::KeyName;
 pub use state::{

@@ -19,7 +19,7 @@ pub const MAX_FINGERPRINTS: usize = 40;
 const MAX_VALUE: usize = 512;
 
 /// The custom_metadata fields keysync owns besides `fp.v<N>` (see [`RotationState::is_own_field`]).
-pub const FIXED_FIELDS: [&str; 12] = [
+pub const FIXED_FIELDS: [&str; 13] = [
     SCHEMA_FIELD,
     "current",
     "previous",
@@ -32,6 +32,7 @@ pub const FIXED_FIELDS: [&str; 12] = [
     "failed",
     "retry",
     "intent",
+    "forced_retirement",
 ];
 
 /// Which version plays which part, and the history keysync keeps about them.
@@ -58,6 +59,9 @@ pub struct RotationState {
     /// Set just before a provider mints a key (`<agent> at <time>`), cleared once the key is
     /// stored: a leftover intent is the trace of a crash that may have orphaned a key.
     pub intent: Option<String>,
+    /// The last time a previous key was retired although an agent still held it (past
+    /// `max_hold`): which version, when, and who held it. For people; never parsed.
+    pub forced_retirement: Option<String>,
     /// `sha256:<hex>` of each version keysync wrote.
     pub fingerprints: BTreeMap<u64, String>,
     /// Whether the schema marker was present (false: a key keysync never wrote state to).
@@ -167,6 +171,7 @@ impl RotationState {
             failed,
             retry,
             intent: text("intent"),
+            forced_retirement: text("forced_retirement"),
             fingerprints,
             managed,
         })
@@ -194,6 +199,7 @@ impl RotationState {
         let failed: Vec<String> = self.failed.iter().map(u64::to_string).collect();
         put("failed", (!failed.is_empty()).then(|| failed.join(",")));
         put("intent", self.intent.clone());
+        put("forced_retirement", self.forced_retirement.clone());
         put("retry", self.retry.as_ref().map(|r| format!("v{}:{}:{}", r.version, r.attempts, rfc3339(r.next_at))));
         for (v, fp) in &self.fingerprints {
             out.insert(format!("fp.v{v}"), fp.clone());
@@ -289,6 +295,7 @@ mod tests {
             failed: [4].into_iter().collect(),
             retry: Some(ValidationRetry { version: 5, attempts: 2, next_at: Utc::now() }),
             intent: Some("agent-1 at 2026-11-29T00:00:00Z".into()),
+            forced_retirement: Some("v1 retired although still held: agent-2 /k: holds previous".into()),
             fingerprints: (1..=4).map(|v| (v, fingerprint(format!("k{v}").as_bytes()))).collect(),
             managed: true,
         }

@@ -42,6 +42,12 @@ pub struct KeyReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyStateLabel {
+    pub key: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VaultLabel {
     op: String,
     status: String,
@@ -67,6 +73,10 @@ pub struct Metrics {
     pub key_next_rotation_timestamp_seconds: Family<KeyLabel, FloatGauge>,
     pub key_rotation_overdue: Family<KeyLabel, Gauge>,
     pub validation_failures_total: Family<KeyReasonLabel, Counter>,
+    pub key_consumers: Family<KeyStateLabel, Gauge>,
+    pub retirement_held: Family<KeyLabel, Gauge>,
+    pub retirements_forced_total: Family<KeyLabel, Counter>,
+    pub key_expires_in_seconds: Family<KeyLabel, FloatGauge>,
     vault_clients: Arc<Mutex<Vec<VaultClient>>>,
     health: Arc<Mutex<Option<Arc<Health>>>>,
 }
@@ -87,6 +97,10 @@ pub const METRIC_NAMES: &[&str] = &[
     "keysync_key_next_rotation_timestamp_seconds",
     "keysync_key_rotation_overdue",
     "keysync_validation_failures_total",
+    "keysync_key_consumers",
+    "keysync_retirement_held",
+    "keysync_retirements_forced_total",
+    "keysync_key_expires_in_seconds",
     "keysync_vault_requests_total",
     "keysync_ready",
 ];
@@ -115,6 +129,10 @@ impl Metrics {
             key_next_rotation_timestamp_seconds: Family::default(),
             key_rotation_overdue: Family::default(),
             validation_failures_total: Family::default(),
+            key_consumers: Family::default(),
+            retirement_held: Family::default(),
+            retirements_forced_total: Family::default(),
+            key_expires_in_seconds: Family::default(),
             vault_clients: Arc::new(Mutex::new(Vec::new())),
             health: Arc::new(Mutex::new(None)),
             registry: Registry::default(),
@@ -182,6 +200,26 @@ impl Metrics {
             "Key validations that failed, by reason",
             m.validation_failures_total.clone(),
         );
+        r.register(
+            "keysync_key_consumers",
+            "Agents reporting a key, by what their sinks hold (current, previous, stale, unknown, failed, silent); rotating agents, during grace",
+            m.key_consumers.clone(),
+        );
+        r.register(
+            "keysync_retirement_held",
+            "1 while a previous key's grace is over but a fresh agent still holds it (retirement waits, up to max_hold)",
+            m.retirement_held.clone(),
+        );
+        r.register(
+            "keysync_retirements_forced",
+            "Previous keys retired past max_hold although an agent still held them",
+            m.retirements_forced_total.clone(),
+        );
+        r.register(
+            "keysync_key_expires_in_seconds",
+            "Seconds until the current key's expires_at (its data field, RFC 3339); negative once expired. Only keys that have one",
+            m.key_expires_in_seconds.clone(),
+        );
         r.register_collector(Box::new(VaultRequests(m.vault_clients.clone())));
         r.register_collector(Box::new(Ready(m.health.clone())));
         Metrics { registry, ..m }
@@ -201,7 +239,7 @@ impl Metrics {
         }
     }
 
-    /// The text exposition format.
+    /// The OpenMetrics text format (what Prometheus asks for first).
     pub fn encode(&self) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
@@ -209,6 +247,42 @@ impl Metrics {
         }
         out
     }
+
+    /// The classic Prometheus text format 0.0.4, for scrapers and tools that do not ask for
+    /// OpenMetrics (`curl`, `promtool check metrics`, older Prometheus). The samples are the
+    /// same; counters are described under their `_total` name and there is no `# EOF`.
+    pub fn encode_prometheus_text(&self) -> String {
+        openmetrics_to_prometheus_text(&self.encode())
+    }
+}
+
+/// OpenMetrics text → Prometheus text 0.0.4 for what keysync exports (counters, gauges,
+/// histograms): a counter family `x` is `x_total` in HELP/TYPE, `# UNIT` and `# EOF` go.
+fn openmetrics_to_prometheus_text(open: &str) -> String {
+    let counters: std::collections::BTreeSet<&str> =
+        open.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter")).collect();
+    let mut out = String::with_capacity(open.len());
+    for line in open.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = line
+            .strip_prefix("# HELP ")
+            .map(|r| ("# HELP ", r))
+            .or(line.strip_prefix("# TYPE ").map(|r| ("# TYPE ", r)));
+        match meta {
+            Some((tag, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let name = if counters.contains(name) { format!("{name}_total") } else { name.to_string() };
+                out.push_str(&format!("{tag}{name} {tail}\n"));
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
 }
 
 /// Reads the Vault clients' request counters at scrape time.
@@ -279,12 +353,28 @@ mod tests {
         m.key_next_rotation_timestamp_seconds.get_or_create(&key).set(1.0);
         m.key_rotation_overdue.get_or_create(&key).set(0);
         m.validation_failures_total.get_or_create(&KeyReasonLabel { key: "k".into(), reason: "invalid".into() }).inc();
+        m.key_consumers.get_or_create(&KeyStateLabel { key: "k".into(), state: "current".into() }).set(1);
+        m.retirement_held.get_or_create(&key).set(0);
+        m.retirements_forced_total.get_or_create(&key).inc();
+        m.key_expires_in_seconds.get_or_create(&key).set(60.0);
         m.track_health(Arc::new(Health::new(std::time::Duration::from_secs(10))));
         let text = m.encode();
         for name in METRIC_NAMES {
             let base = name.trim_end_matches("_total");
             assert!(text.contains(&format!("# TYPE {base} ")), "{name} missing:\n{text}");
         }
+    }
+
+    #[test]
+    fn the_classic_text_format_names_counters_with_total_and_has_no_eof() {
+        let m = Metrics::new();
+        m.sync_failures_total.inc();
+        m.token_ttl_seconds.set(5.0);
+        let text = m.encode_prometheus_text();
+        assert!(text.contains("# HELP keysync_sync_failures_total Sync passes"), "{text}");
+        assert!(text.contains("# TYPE keysync_sync_failures_total counter\nkeysync_sync_failures_total 1\n"), "{text}");
+        assert!(text.contains("# TYPE keysync_token_ttl_seconds gauge\nkeysync_token_ttl_seconds 5.0\n"), "{text}");
+        assert!(!text.contains("# EOF"), "{text}");
     }
 
     #[test]

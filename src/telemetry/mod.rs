@@ -4,4 +4,6 @@ mod health;
 mod metrics;
 
 pub use health::{serve, Health};
-pub use metrics::{KeyLabel, KeyReasonLabel, KeyResultLabel, Metrics, SinkLabel, SinkResultLabel, METRIC_NAMES};
+pub use metrics::{
+    KeyLabel, KeyReasonLabel, KeyResultLabel, KeyStateLabel, Metrics, SinkLabel, SinkResultLabel, METRIC_NAMES,
+};

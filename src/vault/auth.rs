@@ -54,7 +54,7 @@ struct CachedSecretId {
 impl Authenticator {
     /// `VAULT_TOKEN` is captured once here; the token method falls back to it.
     pub fn new(config: AuthConfig) -> Self {
-        let env_token = std::env::var("VAULT_TOKEN").ok().filter(|t| !t.trim().is_empty()).map(Secret::new);
+        let env_token = std::env::var("VAULT_TOKEN").ok().filter(|t| !t.trim().is_empty()).map(Secret::credential);
         Authenticator { config, env_token, cached_secret_id: Mutex::new(None), refused: Mutex::new(None) }
     }
 
@@ -112,7 +112,7 @@ impl Authenticator {
             }
             AuthConfig::Kubernetes(k) => {
                 let jwt = read_credential(&k.jwt_file, "vault.auth.jwt_file", "the service-account token")?;
-                login_with_jwt(client, &k.mount, &k.role, &jwt, &k.jwt_file, "kubernetes").await
+                login_kubernetes(client, k, &jwt).await
             }
             AuthConfig::Cert(c) => login_with_cert(client, &c.mount, c.name.as_deref()).await,
         }
@@ -223,7 +223,7 @@ async fn unwrap_secret_id(client: &VaultClient, wrapping_token: &Secret, file: &
                 file.display()
             ))
         })?;
-    Ok(Secret::new(secret_id))
+    Ok(Secret::credential(secret_id))
 }
 
 async fn login_with_jwt(
@@ -278,14 +278,107 @@ async fn login_with_cert(client: &VaultClient, mount: &str, name: Option<&str>) 
     Ok(LoginResult { token: client_token(&resp.body, &path)?, origin: format!("cert login at {path}") })
 }
 
+/// Kubernetes login. Vault checks the service account's name and namespace from the token's
+/// claims against the role, then asks the cluster's TokenReview API whether the token is
+/// live; its refusals ("namespace not authorized", "permission denied") say little, so the
+/// error names the service account the token is for (from its unverified claims: not secret)
+/// and what to change.
+async fn login_kubernetes(
+    client: &VaultClient,
+    cfg: &crate::config::KubernetesAuth,
+    jwt: &Secret,
+) -> Result<LoginResult, VaultError> {
+    let path = format!("auth/{}/login", cfg.mount);
+    let role = &cfg.role;
+    let body = json!({ "role": role, "jwt": jwt.expose() });
+    let file = cfg.jwt_file.display();
+    let resp = client.send(&Request::post(&path, "login", body), None).await.map_err(|e| match e {
+        VaultError::Api { status: 400 | 403, message, .. } => {
+            let who = match ServiceAccount::from_jwt(jwt) {
+                Some(sa) => format!("the token in {file} is for service account {:?} in namespace {:?}", sa.name, sa.namespace),
+                None => format!("the token in {file} is not a Kubernetes service-account token (no kubernetes.io claims)"),
+            };
+            let fix = if message.contains("namespace not authorized") {
+                format!("run keysync in a namespace the role allows, or add the namespace to the role's bound_service_account_namespaces (auth/{}/role/{role})", cfg.mount)
+            } else if message.contains("service account name not authorized") {
+                format!("set the pod's serviceAccountName to one the role allows, or add it to the role's bound_service_account_names (auth/{}/role/{role})", cfg.mount)
+            } else if message.contains("invalid role name") {
+                format!("create the role (auth/{}/role/{role}) or fix vault.auth.role", cfg.mount)
+            } else {
+                format!("the cluster's TokenReview API did not accept the token (expired, deleted service account, wrong audience) or Vault cannot reach it: check auth/{}/config (kubernetes_host, kubernetes_ca_cert, token_reviewer_jwt) and the token file", cfg.mount)
+            };
+            VaultError::Auth(format!("kubernetes login at {path} with role {role:?} was refused ({message}); {who}; {fix}"))
+        }
+        VaultError::Api { status: 404 | 405, message, .. } => VaultError::Auth(format!(
+            "no kubernetes auth at {path} ({message}); enable it (`vault auth enable kubernetes`) or fix vault.auth.mount"
+        )),
+        other => other,
+    })?;
+    Ok(LoginResult { token: client_token(&resp.body, &path)?, origin: format!("kubernetes login at {path}") })
+}
+
+/// The service account a Kubernetes token names in its claims: the projected-token form
+/// (`kubernetes.io.namespace`, `kubernetes.io.serviceaccount.name`) or the legacy secret
+/// form (`kubernetes.io/serviceaccount/namespace`, `…/service-account.name`), as Vault's
+/// kubernetes auth plugin reads them. Unverified: only for messages.
+#[derive(Debug, PartialEq)]
+struct ServiceAccount {
+    name: String,
+    namespace: String,
+}
+
+impl ServiceAccount {
+    fn from_jwt(jwt: &Secret) -> Option<ServiceAccount> {
+        let payload = jwt.expose().split('.').nth(1)?;
+        let claims: Value = serde_json::from_slice(&base64url_decode(payload)?).ok()?;
+        let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
+        if let Some(k) = claims.get("kubernetes.io") {
+            return Some(ServiceAccount {
+                name: text(k.pointer("/serviceaccount/name"))?,
+                namespace: text(k.get("namespace"))?,
+            });
+        }
+        Some(ServiceAccount {
+            name: text(claims.get("kubernetes.io/serviceaccount/service-account.name"))?,
+            namespace: text(claims.get("kubernetes.io/serviceaccount/namespace"))?,
+        })
+    }
+}
+
+/// Unpadded (or padded) base64url, as JWT segments use.
+fn base64url_decode(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in text.trim_end_matches('=').bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' | b'+' => 62,
+            b'_' | b'/' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
 fn client_token(body: &Value, path: &str) -> Result<Secret, VaultError> {
-    body.pointer("/auth/client_token").and_then(Value::as_str).filter(|t| !t.is_empty()).map(Secret::new).ok_or_else(
-        || VaultError::InvalidResponse {
+    body.pointer("/auth/client_token")
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
+        .map(Secret::credential)
+        .ok_or_else(|| VaultError::InvalidResponse {
             method: "POST".into(),
             path: path.into(),
             detail: "login answer has no auth.client_token".into(),
-        },
-    )
+        })
 }
 
 /// Reads a one-line credential file; trims whitespace. Errors name the file and the field.
@@ -297,9 +390,46 @@ fn read_credential(path: &Path, field: &str, what: &str) -> Result<Secret, Vault
     if value.is_empty() {
         return Err(VaultError::Auth(format!("{} is empty; it must hold {what} ({field})", path.display())));
     }
-    Ok(Secret::new(value))
+    Ok(Secret::credential(value))
 }
 
 fn home_token_file() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".vault-token"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_read_from_files_print_as_redacted_not_masked() {
+        let dir = std::env::temp_dir().join(format!("keysync-cred-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "hvs.CAESIQpZ7x4Lr2mT9kWq3vNbHdFg\n").unwrap();
+        let token = read_credential(&file, "vault.auth.token_file", "the Vault token").unwrap();
+        let shown = format!("{token:?} {token}");
+        assert_eq!(shown, "Secret(<redacted>) <redacted>");
+        let login = LoginResult { token, origin: "token file".into() };
+        assert!(!format!("{login:?}").contains("hvs."), "{login:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn service_account_from_projected_and_legacy_tokens() {
+        // {"kubernetes.io":{"namespace":"apps","serviceaccount":{"name":"keysync","uid":"u"}}}
+        let projected = "e30.eyJrdWJlcm5ldGVzLmlvIjp7Im5hbWVzcGFjZSI6ImFwcHMiLCJzZXJ2aWNlYWNjb3VudCI6eyJuYW1lIjoia2V5c3luYyIsInVpZCI6InUifX19.sig";
+        assert_eq!(
+            ServiceAccount::from_jwt(&Secret::credential(projected)),
+            Some(ServiceAccount { name: "keysync".into(), namespace: "apps".into() })
+        );
+        // {"kubernetes.io/serviceaccount/namespace":"ns","kubernetes.io/serviceaccount/service-account.name":"sa"}
+        let legacy = "e30.eyJrdWJlcm5ldGVzLmlvL3NlcnZpY2VhY2NvdW50L25hbWVzcGFjZSI6Im5zIiwia3ViZXJuZXRlcy5pby9zZXJ2aWNlYWNjb3VudC9zZXJ2aWNlLWFjY291bnQubmFtZSI6InNhIn0.sig";
+        assert_eq!(
+            ServiceAccount::from_jwt(&Secret::credential(legacy)),
+            Some(ServiceAccount { name: "sa".into(), namespace: "ns".into() })
+        );
+        assert_eq!(ServiceAccount::from_jwt(&Secret::credential("not-a-jwt")), None);
+        assert_eq!(ServiceAccount::from_jwt(&Secret::credential("e30.e30.x")), None);
+    }
 }

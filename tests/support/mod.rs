@@ -10,12 +10,14 @@
 //! processes started through these helpers get `VAULT_CACERT`.
 #![allow(dead_code)]
 
+pub mod fake_llm;
 pub mod fake_openai;
 pub mod faults;
 pub mod leak;
 pub mod pki;
 pub mod raft;
 pub mod report;
+pub mod token_review;
 
 use rand::Rng as _;
 use serde_json::Value;
@@ -65,6 +67,11 @@ pub(crate) fn server_binary() -> PathBuf {
         PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
     })
     .clone()
+}
+
+/// The Vault binary the dev server runs, which is also the `vault` CLI (for scripts).
+pub fn vault_cli() -> PathBuf {
+    server_binary()
 }
 
 fn free_port() -> u16 {
@@ -260,6 +267,35 @@ impl Admin {
 
     pub async fn try_read(&self, path: &str) -> (u16, Value) {
         self.call(reqwest::Method::GET, path, None, None).await
+    }
+
+    /// A merge-PATCH (`application/merge-patch+json`), any status.
+    pub async fn call_patch(&self, path: &str, body: Value) -> (u16, Value) {
+        let url = format!("{}/v1/{}", self.addr, path.trim_start_matches('/'));
+        leak::register(&self.token);
+        leak::register_json(&body);
+        let resp = self
+            .http
+            .patch(url)
+            .header("X-Vault-Token", &self.token)
+            .header("Content-Type", "application/merge-patch+json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("PATCH {path} failed: {e}"));
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// The names a LIST of `path` answers (empty when there is nothing there).
+    pub async fn list(&self, path: &str) -> Vec<String> {
+        let (status, value) = self.call(reqwest::Method::GET, &format!("{path}?list=true"), None, None).await;
+        if status == 404 {
+            return Vec::new();
+        }
+        assert_eq!(status, 200, "LIST {path}: {value}");
+        value["data"]["keys"].as_array().into_iter().flatten().filter_map(|k| k.as_str().map(str::to_string)).collect()
     }
 
     pub async fn enable_auth(&self, mount: &str, kind: &str) {

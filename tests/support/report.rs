@@ -31,7 +31,10 @@ pub fn scale(ci: usize, full_count: usize) -> usize {
 /// * `result`: what held, with the figures, e.g. "0 torn files, caught up in 1.2 s, 14 attempts"
 pub fn record(section: &str, case: &str, runs: usize, result: &str) {
     let Ok(path) = std::env::var("KEYSYNC_REPORT_FILE") else { return };
-    let line = json!({ "section": section, "case": case, "runs": runs, "result": result, "full": full() });
+    // The test binary, so a full-count run of some binaries replaces only their rows.
+    let binary = env!("CARGO_CRATE_NAME");
+    let line =
+        json!({ "section": section, "binary": binary, "case": case, "runs": runs, "result": result, "full": full() });
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
