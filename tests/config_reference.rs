@@ -56,6 +56,12 @@ const PROBES: &[Probe] = &[
         base: "[vault.auth]\nmethod = \"kubernetes\"\nrole = \"r\"\n",
         tag: Some("method"),
     },
+    Probe {
+        id: "[vault.auth] method = \"cert\"",
+        path: &[K("vault"), K("auth")],
+        base: "[vault.auth]\nmethod = \"cert\"\n",
+        tag: Some("method"),
+    },
     Probe { id: "[kv]", path: &[K("kv")], base: "[kv]\n", tag: None },
     Probe { id: "[rotation]", path: &[K("rotation")], base: "[rotation]\n", tag: None },
     Probe { id: "[agent]", path: &[K("agent")], base: "[agent]\n", tag: None },

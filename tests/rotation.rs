@@ -131,6 +131,7 @@ async fn three_agents_rotating_the_same_due_keys_make_one_version_each() {
             .env("VAULT_ADDR", &server.addr)
             .env("VAULT_TOKEN", &server.root_token)
             .env("KEYSYNC_LOG", "trace")
+            .envs(support::test_ca().map(|ca| ("VAULT_CACERT", ca)))
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
         children.push(cmd.spawn().unwrap());

@@ -13,7 +13,7 @@ use std::time::Duration;
 use support::{unique, Admin, DevServer};
 
 fn client_for(server: &DevServer) -> VaultClient {
-    let cfg = VaultConfig { address: Some(server.addr.clone()), ..Default::default() };
+    let cfg = VaultConfig { address: Some(server.addr.clone()), ca_cert: support::test_ca(), ..Default::default() };
     let settings = VaultSettings::resolve(&cfg, &|_| None).expect("settings");
     VaultClient::new(settings).expect("client")
 }

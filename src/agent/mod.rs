@@ -72,8 +72,14 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
     let settings = VaultSettings::from_env(&cfg.vault).map_err(|e| e.to_string())?;
     let client = VaultClient::new(settings).map_err(|e| e.to_string())?;
     metrics.track_vault_client(&client);
-    let session =
-        Session::login(client, Authenticator::new(cfg.vault.auth.clone())).await.map_err(|e| e.to_string())?;
+    let session = if once {
+        Session::login(client, Authenticator::new(cfg.vault.auth.clone())).await.map_err(|e| e.to_string())?
+    } else {
+        match login_waiting(client, &cfg).await? {
+            Some(session) => session,
+            None => return Ok(0),
+        }
+    };
     health.set_authenticated(true);
     let maintain = tokio::spawn(session.clone().maintain(stop_rx.clone()));
     let (mut syncer, mut hooks) = build(&cfg, &session, &metrics).map_err(|e| format!("invalid sink: {e}"))?;
@@ -82,8 +88,14 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
         let code = match syncer.pass(true).await {
             Ok(report) if report.failed_sinks.is_empty() && report.missing_sinks.is_empty() => 0,
             Ok(report) => {
-                for s in report.failed_sinks.iter().chain(&report.missing_sinks) {
-                    eprintln!("error: sink {s} was not rendered");
+                for s in &report.failed_sinks {
+                    eprintln!("error: sink {s} was not rendered: writing it failed (the error is logged above)");
+                }
+                for s in &report.missing_sinks {
+                    eprintln!(
+                        "error: sink {s} was not rendered: its key does not exist under {}/{} (create it with `keysync put NAME`, or check kv.mount and kv.prefix)",
+                        cfg.kv.mount, cfg.kv.prefix
+                    );
                 }
                 1
             }
@@ -232,6 +244,31 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
         rotation.abort();
     }
     Ok(exit_code)
+}
+
+/// Logs in; while Vault cannot be reached (down, sealed, electing a leader) waits and tries
+/// again (1 s doubling to 30 s), not ready meanwhile, instead of exiting: an agent started
+/// before its Vault (a reboot, a cluster restart) comes up by itself. A refusal (bad
+/// credentials, bad settings) still ends `run` at once. `None`: SIGTERM/SIGINT while waiting.
+async fn login_waiting(client: VaultClient, cfg: &Config) -> Result<Option<Arc<Session>>, String> {
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let mut wait = Duration::from_secs(1);
+    loop {
+        match Session::login(client.clone(), Authenticator::new(cfg.vault.auth.clone())).await {
+            Ok(session) => return Ok(Some(session)),
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, retry_in = ?wait, "Vault is not available yet; waiting (not ready)");
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = term.recv() => return Ok(None),
+            _ = int.recv() => return Ok(None),
+        }
+        wait = (wait * 2).min(Duration::from_secs(30));
+    }
 }
 
 /// This pass's report: what each key's sinks and exec variables hold, each key moved on only

@@ -15,6 +15,7 @@ pub fn run(source: &ConfigSource, output: Output) -> Result<(), CliError> {
             "file": source.path.display().to_string(),
             "file_found": source.path.exists(),
             "vault_address": settings.address.as_str(),
+            "vault_addresses": settings.addresses.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
             "vault_namespace": settings.namespace,
             "token": token_note,
             "config": serde_json::to_value(&cfg).unwrap_or_default(),
@@ -26,7 +27,12 @@ pub fn run(source: &ConfigSource, output: Output) -> Result<(), CliError> {
                 format!("{} (not found; defaults and environment only)", source.path.display())
             };
             println!("# config OK: {file}");
-            println!("# Vault address in use: {}", settings.address);
+            if settings.addresses.len() > 1 {
+                let list: Vec<&str> = settings.addresses.iter().map(|a| a.as_str()).collect();
+                println!("# Vault addresses in use (tried in this order): {}", list.join(", "));
+            } else {
+                println!("# Vault address in use: {}", settings.address);
+            }
             if let Some(ns) = &settings.namespace {
                 println!("# Vault namespace: {ns}");
             }
@@ -68,6 +74,11 @@ fn token_source(auth: &crate::config::AuthConfig) -> String {
             k.mount,
             k.role,
             k.jwt_file.display()
+        ),
+        AuthConfig::Cert(c) => format!(
+            "from a cert login at auth/{}/login{} with the client certificate in vault.client_cert (or VAULT_CLIENT_CERT)",
+            c.mount,
+            c.name.as_ref().map(|n| format!(" as role {n:?}")).unwrap_or_default()
         ),
     }
 }

@@ -117,8 +117,9 @@ pub async fn get(
             // Not the user's input: the metadata points at a version Vault does not have.
             return Err(CliError::failed(format!(
                 "the current version of {name} is {version}, but Vault has versions {} only: its custom_metadata \
-                 is damaged; put a working key with `keysync put {name}` or fix `current` (bao kv metadata patch)",
-                version_range(&record)
+                 is damaged; put a working key with `keysync put {name}` or fix `current` ({} kv metadata patch)",
+                version_range(&record),
+                crate::vault::cli_name()
             )));
         }
         return Err(CliError::usage(format!(
@@ -361,8 +362,9 @@ fn print_status(r: &KeyRecord) {
     if !external.is_empty() {
         let list: Vec<String> = external.iter().map(|v| format!("v{v}")).collect();
         println!(
-            "  external   {}  written outside keysync (e.g. bao kv put); not used until put/adopted",
-            list.join(", ")
+            "  external   {}  written outside keysync (e.g. {} kv put); not used until put/adopted",
+            list.join(", "),
+            crate::vault::cli_name()
         );
     }
     if let Some(by) = &s.rotated_by {

@@ -7,7 +7,8 @@ pub async fn run(source: &ConfigSource, output: Output) -> Result<(), CliError> 
     let cfg = load_config(source)?;
     let session = connect(&cfg).await?;
     let info = session.token_info();
-    let address = session.client().settings().address.as_str().trim_end_matches('/').to_string();
+    // The address that answered (with several, not necessarily the first).
+    let address = session.client().active_address().as_str().trim_end_matches('/').to_string();
     match output {
         Output::Json => print_json(&serde_json::json!({
             "address": address,

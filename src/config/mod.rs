@@ -196,12 +196,28 @@ impl Default for RotationConfig {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct VaultConfig {
-    /// `http(s)://host:port`; falls back to `VAULT_ADDR`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// `http(s)://host:port`; falls back to `VAULT_ADDR`. Several addresses (a TOML list, or
+    /// comma-separated) are tried in order, failing over when one does not answer, is sealed
+    /// or is a standby without a leader.
+    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "string_or_list", default)]
     pub address: Option<String>,
     /// PEM file with the CA that signed Vault's certificate; falls back to `VAULT_CACERT`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_cert: Option<PathBuf>,
+    /// A directory of PEM CA files (every `*.pem`/`*.crt` in it); falls back to `VAULT_CAPATH`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_path: Option<PathBuf>,
+    /// The name to check Vault's certificate against (and send as SNI) instead of the host
+    /// in the address; falls back to `VAULT_TLS_SERVER_NAME`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_server_name: Option<String>,
+    /// PEM client certificate presented to Vault (cert auth, or a listener that requires
+    /// one); falls back to `VAULT_CLIENT_CERT`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert`; falls back to `VAULT_CLIENT_KEY`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<PathBuf>,
     /// Vault Enterprise / OpenBao namespace; falls back to `VAULT_NAMESPACE`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
@@ -218,6 +234,10 @@ impl Default for VaultConfig {
         VaultConfig {
             address: None,
             ca_cert: None,
+            ca_path: None,
+            tls_server_name: None,
+            client_cert: None,
+            client_key: None,
             namespace: None,
             skip_verify: None,
             timeout: HumanDuration::from_secs(30),
@@ -234,6 +254,7 @@ pub enum AuthConfig {
     Approle(AppRoleAuth),
     Jwt(JwtAuth),
     Kubernetes(KubernetesAuth),
+    Cert(CertAuth),
 }
 
 impl Default for AuthConfig {
@@ -249,6 +270,7 @@ impl AuthConfig {
             AuthConfig::Approle(_) => "approle",
             AuthConfig::Jwt(_) => "jwt",
             AuthConfig::Kubernetes(_) => "kubernetes",
+            AuthConfig::Cert(_) => "cert",
         }
     }
 }
@@ -298,6 +320,39 @@ pub struct KubernetesAuth {
     pub role: String,
     #[serde(default = "default_service_account_token_file")]
     pub jwt_file: PathBuf,
+}
+
+/// `method = "cert"`: Vault's TLS certificate auth with `vault.client_cert` /
+/// `vault.client_key` (or `VAULT_CLIENT_CERT` / `VAULT_CLIENT_KEY`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CertAuth {
+    #[serde(default = "default_cert_mount")]
+    pub mount: String,
+    /// The certificate role (`auth/cert/certs/NAME`) to log in against; unset: any role whose
+    /// CA signed the client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+fn default_cert_mount() -> String {
+    "cert".into()
+}
+
+/// `address` as one string or a list of strings (joined with `, `; split again when the
+/// settings are resolved).
+fn string_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Option::<OneOrMany>::deserialize(d)? {
+        None => None,
+        Some(OneOrMany::One(s)) => Some(s),
+        Some(OneOrMany::Many(list)) => Some(list.join(", ")),
+    })
 }
 
 fn default_approle_mount() -> String {
@@ -471,7 +526,7 @@ fn translate_config_error(label: &str, err: config::ConfigError) -> ConfigError 
         return ConfigError::new(
             label,
             Some("vault.auth.method"),
-            format!("{text}; use one of token, approle, jwt, kubernetes"),
+            format!("{text}; use one of token, approle, jwt, kubernetes, cert"),
         );
     }
     let field = key_from_message(&text).map(|k| normalize_key(&k));
@@ -503,7 +558,7 @@ impl Config {
     /// Checks what serde cannot: names, paths and combinations.
     pub fn validate(&self, source: &str) -> Result<(), ConfigError> {
         if let Some(addr) = &self.vault.address {
-            crate::vault::parse_address(addr).map_err(|m| ConfigError::new(source, Some("vault.address"), m))?;
+            crate::vault::parse_addresses(addr).map_err(|m| ConfigError::new(source, Some("vault.address"), m))?;
         }
         if self.vault.timeout.get().is_zero() {
             return Err(ConfigError::new(source, Some("vault.timeout"), "must be more than 0s"));
@@ -523,6 +578,12 @@ impl Config {
             AuthConfig::Kubernetes(k) => {
                 check_segment(source, "vault.auth.mount", &k.mount, false)?;
                 check_nonempty(source, "vault.auth.role", &k.role)?;
+            }
+            AuthConfig::Cert(c) => {
+                check_segment(source, "vault.auth.mount", &c.mount, false)?;
+                if let Some(name) = &c.name {
+                    check_nonempty(source, "vault.auth.name", name)?;
+                }
             }
         }
         Ok(())

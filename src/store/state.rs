@@ -90,7 +90,7 @@ pub struct ValidationRetry {
 
 /// A custom_metadata value keysync cannot use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("custom_metadata of key {key}: field {field:?} {problem}; fix or remove it (bao kv metadata patch) or restore it from `keysync audit`")]
+#[error("custom_metadata of key {key}: field {field:?} {problem}; fix or remove it ({cli} kv metadata patch) or restore it from `keysync audit`", cli = crate::vault::cli_name())]
 pub struct StateError {
     pub key: String,
     pub field: String,

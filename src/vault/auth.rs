@@ -102,7 +102,7 @@ impl Authenticator {
                     return Ok(LoginResult { token, origin: format!("token file {}", file.display()) });
                 }
                 Err(VaultError::Auth(
-                    "no Vault token: export VAULT_TOKEN, set vault.auth.token_file, or choose another vault.auth.method (approle, jwt, kubernetes)".into(),
+                    "no Vault token: export VAULT_TOKEN, set vault.auth.token_file, or choose another vault.auth.method (approle, jwt, kubernetes, cert)".into(),
                 ))
             }
             AuthConfig::Approle(a) => self.login_approle(client, a).await,
@@ -114,6 +114,7 @@ impl Authenticator {
                 let jwt = read_credential(&k.jwt_file, "vault.auth.jwt_file", "the service-account token")?;
                 login_kubernetes(client, k, &jwt).await
             }
+            AuthConfig::Cert(c) => login_with_cert(client, &c.mount, c.name.as_deref()).await,
         }
     }
 
@@ -148,7 +149,8 @@ impl Authenticator {
                 cfg.secret_id_file.display()
             )),
             VaultError::Api { status: 404 | 405, message, .. } => VaultError::Auth(format!(
-                "no AppRole auth at {path} ({message}); enable it (`bao auth enable approle`) or fix vault.auth.mount"
+                "no AppRole auth at {path} ({message}); enable it (`{} auth enable approle`) or fix vault.auth.mount",
+                client.cli_name()
             )),
             other => other,
         });
@@ -245,6 +247,35 @@ async fn login_with_jwt(
         other => other,
     })?;
     Ok(LoginResult { token: client_token(&resp.body, &path)?, origin: format!("{method} login at {path}") })
+}
+
+/// Vault's TLS certificate auth: the client certificate (vault.client_cert / client_key) is
+/// presented in the TLS handshake, the body only names the role.
+async fn login_with_cert(client: &VaultClient, mount: &str, name: Option<&str>) -> Result<LoginResult, VaultError> {
+    let settings = client.settings();
+    let Some(cert) = settings.client_cert.clone() else {
+        return Err(VaultError::Auth(
+            "vault.auth.method = \"cert\" needs a client certificate: set vault.client_cert and vault.client_key (or VAULT_CLIENT_CERT and VAULT_CLIENT_KEY)".into(),
+        ));
+    };
+    let path = format!("auth/{mount}/login");
+    let body = match name {
+        Some(n) => json!({ "name": n }),
+        None => json!({}),
+    };
+    let cli = client.cli_name();
+    let resp = client.send(&Request::post(&path, "login", body), None).await.map_err(|e| match e {
+        VaultError::Api { status: 400 | 401 | 403, message, .. } => VaultError::Auth(format!(
+            "cert login at {path}{} was refused ({message}); check that vault.client_cert ({}) is signed by a CA configured in {mount}/certs (`{cli} write auth/{mount}/certs/NAME certificate=@ca.pem`), is valid now, and that Vault's listener gets it (TLS, not through a proxy that ends TLS)",
+            name.map(|n| format!(" with role {n:?}")).unwrap_or_default(),
+            cert.display()
+        )),
+        VaultError::Api { status: 404 | 405, message, .. } => VaultError::Auth(format!(
+            "no cert auth at {path} ({message}); enable it (`{cli} auth enable cert`) or fix vault.auth.mount"
+        )),
+        other => other,
+    })?;
+    Ok(LoginResult { token: client_token(&resp.body, &path)?, origin: format!("cert login at {path}") })
 }
 
 /// Kubernetes login. Vault checks the service account's name and namespace from the token's

@@ -7,7 +7,21 @@ use std::fmt;
 pub enum VaultError {
     /// No HTTP answer at all: refused, DNS, TLS, timeout.
     #[error("cannot reach Vault at {address} ({detail}) during {op}; check that the server is running and that vault.address / VAULT_ADDR is right")]
-    Unreachable { address: String, op: String, detail: String },
+    Unreachable {
+        address: String,
+        op: String,
+        detail: String,
+        /// The connection was made (the request may have been done): not sent elsewhere.
+        connected: bool,
+    },
+
+    /// The TLS handshake failed; `fix` names the setting to change.
+    #[error("TLS with Vault at {address} failed during {op} ({detail}): {fix}")]
+    Tls { address: String, op: String, detail: String, fix: String },
+
+    /// Every address answered, but no node could serve: sealed, or standbys without a leader.
+    #[error("no active Vault node for {op} (tried {addresses}): {detail}; {hint}")]
+    NoActiveNode { op: String, addresses: String, detail: String, hint: String },
 
     /// The token was accepted but its policies do not allow this request.
     #[error("permission denied: {method} {path} was refused; check that the token's policies ({policies}) grant the needed capability on that path (see policies/keysync-*.hcl)")]
@@ -33,6 +47,10 @@ pub enum VaultError {
     #[error("{0}")]
     Auth(String),
 
+    /// `kv.mount` is not a KV v2 mount (missing, KV v1, another engine).
+    #[error("{0}")]
+    KvMount(String),
+
     /// The Vault settings themselves are wrong (bad CA file, bad address).
     #[error("{0}")]
     Settings(String),
@@ -42,7 +60,7 @@ impl VaultError {
     /// Worth retrying later: network trouble, 5xx, 429.
     pub fn is_transient(&self) -> bool {
         match self {
-            VaultError::Unreachable { .. } => true,
+            VaultError::Unreachable { .. } | VaultError::NoActiveNode { .. } => true,
             VaultError::Api { status, .. } => *status >= 500 || *status == 429,
             _ => false,
         }

@@ -12,7 +12,7 @@ mod error;
 mod session;
 
 pub use auth::{Authenticator, LoginResult};
-pub use client::{Method, Request, Response, VaultClient, VaultSettings};
+pub use client::{cli_name, Method, Request, Response, VaultClient, VaultSettings};
 pub use error::VaultError;
 pub use session::{Session, TokenInfo};
 
@@ -35,9 +35,36 @@ pub fn parse_address(text: &str) -> Result<Url, String> {
     Ok(url)
 }
 
+/// One address, or several separated by commas (a TOML list is joined that way): each
+/// checked like [`parse_address`], at least one, no duplicates.
+pub fn parse_addresses(text: &str) -> Result<Vec<Url>, String> {
+    let mut out: Vec<Url> = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let url = parse_address(part)?;
+        if out.contains(&url) {
+            return Err(format!("{part:?} is listed twice; list each Vault address once"));
+        }
+        out.push(url);
+    }
+    if out.is_empty() {
+        return Err(format!("{text:?} holds no address; write it like \"https://vault.example.com:8200\""));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_address;
+    use super::{parse_address, parse_addresses};
+
+    #[test]
+    fn several_addresses_keep_their_order() {
+        let list = parse_addresses("https://a:8200, https://b:8200,https://c:8200").unwrap();
+        let hosts: Vec<_> = list.iter().map(|u| u.host_str().unwrap().to_string()).collect();
+        assert_eq!(hosts, ["a", "b", "c"]);
+        assert!(parse_addresses("https://a:1, https://a:1").unwrap_err().contains("twice"));
+        assert!(parse_addresses(" , ").is_err());
+        assert!(parse_addresses("https://a:1, nope").is_err());
+    }
 
     #[test]
     fn accepts_plain_addresses() {

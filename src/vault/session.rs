@@ -55,6 +55,8 @@ pub struct Session {
     relogin: Mutex<()>,
     logins: AtomicU64,
     renewals: AtomicU64,
+    /// KV mounts found to be KV v2 (checked once, before the first read or write).
+    kv_mounts: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -84,6 +86,7 @@ impl Session {
     /// Logs in (once, no retries: a first login that fails is for a person to fix) and looks
     /// the token up.
     pub async fn login(client: VaultClient, auth: Authenticator) -> Result<Arc<Session>, VaultError> {
+        client.detect_flavor().await;
         let (token, info) = obtain_token(&client, &auth).await?;
         let source_fp = auth.token_file().and_then(|f| file_fingerprint(&f));
         tracing::info!(
@@ -108,6 +111,7 @@ impl Session {
             relogin: Mutex::new(()),
             logins: AtomicU64::new(1),
             renewals: AtomicU64::new(0),
+            kv_mounts: std::sync::Mutex::new(std::collections::BTreeSet::new()),
         }))
     }
 
@@ -182,6 +186,71 @@ impl Session {
     /// Like [`Self::request`] but returns any answer (for 404 bodies of deleted versions).
     /// A dead token is replaced and the request sent once more.
     pub async fn request_raw(&self, req: &Request) -> Result<Response, VaultError> {
+        if let Some(mount) = kv_mount_of(&req.path) {
+            self.ensure_kv2(mount).await?;
+        }
+        self.request_unchecked(req).await
+    }
+
+    /// Checks once per mount, before the first KV read or write there, that `mount` is a KV
+    /// version 2 mount (`sys/internal/ui/mounts/<mount>`, which needs no sys rights): a KV v1
+    /// mount would take v2-shaped writes as plain secrets, and a missing one would look like
+    /// "no keys".
+    pub async fn ensure_kv2(&self, mount: &str) -> Result<(), VaultError> {
+        if self.kv_mounts.lock().is_ok_and(|m| m.contains(mount)) {
+            return Ok(());
+        }
+        let cli = self.client.cli_name();
+        let req = Request::get(format!("sys/internal/ui/mounts/{mount}"), "mount_check");
+        let resp = self.request_unchecked(&req).await?;
+        let data = resp.body.get("data").cloned().unwrap_or(Value::Null);
+        match resp.status {
+            200 => {
+                let kind = data.get("type").and_then(Value::as_str).unwrap_or_default();
+                let found = data.get("path").and_then(Value::as_str).unwrap_or(mount).trim_end_matches('/').to_string();
+                let version = match data.pointer("/options/version") {
+                    Some(Value::String(v)) => v.clone(),
+                    Some(Value::Number(n)) => n.to_string(),
+                    _ => String::new(),
+                };
+                if kind != "kv" && kind != "generic" {
+                    return Err(VaultError::KvMount(format!(
+                        "{found}/ is a {kind:?} mount, not KV; point kv.mount at a KV version 2 mount (`{cli} secrets enable -version=2 -path=NAME kv`)"
+                    )));
+                }
+                if version != "2" {
+                    return Err(VaultError::KvMount(format!(
+                        "{found}/ is KV version 1; keysync needs KV v2: {cli} kv enable-versioning {found} (or point kv.mount at a KV v2 mount)"
+                    )));
+                }
+            }
+            // Vault answers 403 both for a path under no mount and for a token with no
+            // policy anywhere under the mount. For a root token it can only be the first;
+            // any other token goes on to the request itself, whose 403 names the path and
+            // the token's policies.
+            403 | 404
+                if resp.status == 404
+                    || (resp.error_text().contains("preflight")
+                        && self.token_info().policies.iter().any(|p| p == "root")) =>
+            {
+                return Err(VaultError::KvMount(format!(
+                    "no KV mount at {mount}/: check kv.mount (`{cli} secrets list` shows the mounts)"
+                )));
+            }
+            // A server without this endpoint (or a proxy that hides it): nothing to learn,
+            // carry on as before rather than refuse a mount that may be fine.
+            status => {
+                tracing::debug!(mount, status, "cannot check the KV mount's version; assuming KV v2");
+            }
+        }
+        if let Ok(mut m) = self.kv_mounts.lock() {
+            m.insert(mount.to_string());
+        }
+        Ok(())
+    }
+
+    /// [`Self::request_raw`] without the mount check.
+    async fn request_unchecked(&self, req: &Request) -> Result<Response, VaultError> {
         let (token, generation) = self.current();
         let resp = self.client.send_raw(req, Some(&token)).await?;
         if resp.status != 403 {
@@ -371,6 +440,35 @@ pub(crate) async fn lookup_self(client: &VaultClient, token: &Secret) -> Result<
     })
 }
 
+/// The KV mount a KV v2 request path goes to (`secret` of `secret/data/keysync/x`); None for
+/// sys, auth and identity paths.
+fn kv_mount_of(path: &str) -> Option<&str> {
+    let path = path.trim_start_matches('/');
+    if ["sys/", "auth/", "identity/", "cubbyhole/"].iter().any(|p| path.starts_with(p)) {
+        return None;
+    }
+    ["/data/", "/metadata/", "/delete/", "/undelete/", "/destroy/"]
+        .iter()
+        .filter_map(|sep| path.find(sep))
+        .min()
+        .map(|i| &path[..i])
+        .or_else(|| ["/data", "/metadata"].iter().find_map(|sep| path.strip_suffix(sep)))
+}
+
 fn file_fingerprint(path: &std::path::Path) -> Option<String> {
     std::fs::read(path).ok().map(|b| crate::secret::fingerprint(String::from_utf8_lossy(&b).trim().as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kv_mount_of;
+
+    #[test]
+    fn kv_paths_name_their_mount() {
+        assert_eq!(kv_mount_of("secret/data/keysync/openai"), Some("secret"));
+        assert_eq!(kv_mount_of("team/kv/metadata/keysync/"), Some("team/kv"));
+        assert_eq!(kv_mount_of("kv1/destroy/keysync/x"), Some("kv1"));
+        assert_eq!(kv_mount_of("sys/internal/ui/mounts/secret"), None);
+        assert_eq!(kv_mount_of("auth/approle/role/x/secret-id"), None);
+    }
 }

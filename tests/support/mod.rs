@@ -5,12 +5,17 @@
 //! binary; otherwise `scripts/dev-server-bin` builds (once) or finds the cached one.
 //! `KEYSYNC_TEST_VAULT_ADDR` + `KEYSYNC_TEST_VAULT_TOKEN` use an external server instead; tests
 //! then keep to their own random mounts and prefixes.
+//! `KEYSYNC_TEST_SERVER=raft-tls` makes `DevServer::start()` start a production-shaped server
+//! instead (raft storage, TLS with a test CA, initialised and unsealed: see [`raft`]); keysync
+//! processes started through these helpers get `VAULT_CACERT`.
 #![allow(dead_code)]
 
 pub mod fake_llm;
 pub mod fake_openai;
 pub mod faults;
 pub mod leak;
+pub mod pki;
+pub mod raft;
 pub mod report;
 pub mod token_review;
 
@@ -37,7 +42,17 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{:012x}", n & 0xffff_ffff_ffff)
 }
 
-fn server_binary() -> PathBuf {
+/// Whether `KEYSYNC_TEST_SERVER=raft-tls` asks for the raft + TLS server.
+pub fn raft_tls() -> bool {
+    std::env::var("KEYSYNC_TEST_SERVER").is_ok_and(|v| v == "raft-tls")
+}
+
+/// The CA a keysync process needs to trust the test server (raft-tls mode only).
+pub fn test_ca() -> Option<PathBuf> {
+    raft_tls().then(|| pki::pki().ca_cert.clone())
+}
+
+pub(crate) fn server_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         if let Ok(bin) = std::env::var("KEYSYNC_TEST_BAO_BIN") {
@@ -84,6 +99,18 @@ impl DevServer {
         {
             leak::register(&token);
             return DevServer { addr, root_token: token, child: None, log: PathBuf::new(), _dir: None };
+        }
+        if raft_tls() {
+            let server = raft::RaftServer::start();
+            let mut node = server.node;
+            let child = node.take_child();
+            return DevServer {
+                addr: node.addr.clone(),
+                root_token: server.root_token,
+                child,
+                log: node.log.clone(),
+                _dir: Some(server.dir),
+            };
         }
         let bin = server_binary();
         let mut last_err = String::new();
@@ -146,7 +173,7 @@ impl DevServer {
     }
 
     pub fn admin(&self) -> Admin {
-        Admin { addr: self.addr.clone(), token: self.root_token.clone(), http: reqwest::Client::new() }
+        Admin::new(&self.addr, &self.root_token)
     }
 
     /// Stops the server process (for outage tests). No-op on an external server.
@@ -176,6 +203,12 @@ pub struct Admin {
 }
 
 impl Admin {
+    /// Trusts the test CA for `https://` addresses.
+    pub fn new(addr: &str, token: &str) -> Admin {
+        let http = if addr.starts_with("https://") { raft::https_client() } else { reqwest::Client::new() };
+        Admin { addr: addr.to_string(), token: token.to_string(), http }
+    }
+
     pub fn with_token(&self, token: &str) -> Admin {
         Admin { token: token.to_string(), ..self.clone() }
     }
@@ -317,6 +350,9 @@ impl Cli {
             .env("KEYSYNC_LOG", "trace")
             .env_remove("KEYSYNC_CONFIG")
             .args(args);
+        if let Some(ca) = test_ca() {
+            cmd.env("VAULT_CACERT", ca);
+        }
         cmd
     }
 
@@ -423,8 +459,9 @@ impl Proxy {
     pub async fn start(upstream: &str) -> Proxy {
         use std::sync::atomic::Ordering;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let addr = format!("http://{}", listener.local_addr().unwrap());
-        let upstream = upstream.trim_start_matches("http://").to_string();
+        let scheme = if upstream.starts_with("https://") { "https" } else { "http" };
+        let addr = format!("{scheme}://{}", listener.local_addr().unwrap());
+        let upstream = upstream.trim_start_matches("http://").trim_start_matches("https://").to_string();
         let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let connections = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (d, c) = (down.clone(), connections.clone());
@@ -474,7 +511,11 @@ impl Agent {
         leak::register(token);
         let log = dir.join(format!("agent-{}.log", unique("run")));
         let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_keysync"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keysync"));
+        if let Some(ca) = test_ca() {
+            cmd.env("VAULT_CACERT", ca);
+        }
+        let child = cmd
             .args(["--config", config.to_str().unwrap(), "--log-level", "trace"])
             .args(args)
             .env("VAULT_ADDR", addr)
@@ -543,7 +584,7 @@ pub fn free_listen_addr() -> String {
 pub async fn key_store(server: &DevServer, token: &str, grace: Duration, actor: &str) -> keysync::store::KeyStore {
     use keysync::config::{AuthConfig, VaultConfig};
     use keysync::vault::{Authenticator, Session, VaultClient, VaultSettings};
-    let cfg = VaultConfig { address: Some(server.addr.clone()), ..Default::default() };
+    let cfg = VaultConfig { address: Some(server.addr.clone()), ca_cert: test_ca(), ..Default::default() };
     let client = VaultClient::new(VaultSettings::resolve(&cfg, &|_| None).expect("settings")).expect("client");
     let auth = Authenticator::with_env_token(AuthConfig::default(), Some(keysync::secret::Secret::new(token)));
     let session = Session::login(client, auth).await.expect("login");
