@@ -516,6 +516,7 @@ impl Engine<'_> {
                 address: "(failpoint)".into(),
                 op: format!("PATCH metadata of {name}"),
                 detail: "failpoint mark_revoked".into(),
+                connected: true,
             }));
         }
         let fp = fp.to_string();

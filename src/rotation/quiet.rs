@@ -137,6 +137,7 @@ mod tests {
             address: "http://v:8200".into(),
             op: format!("GET {path}"),
             detail: "Connection refused".into(),
+            connected: false,
         })
     }
 

@@ -77,14 +77,20 @@ impl PutFailure {
 /// server error may have come after the write was applied.
 fn landed_after(error: &VaultError) -> Landed {
     match error {
-        VaultError::Unreachable { .. } | VaultError::InvalidResponse { .. } => Landed::Unknown,
+        // A 307/503 during an election: the standby may have forwarded the write before it
+        // failed (Vault redirects on any forwarding error), so it may have landed.
+        VaultError::Unreachable { .. } | VaultError::InvalidResponse { .. } | VaultError::NoActiveNode { .. } => {
+            Landed::Unknown
+        }
         VaultError::Api { status, .. } if *status >= 500 => Landed::Unknown,
         VaultError::Api { .. }
         | VaultError::CasConflict { .. }
         | VaultError::PermissionDenied { .. }
         | VaultError::TokenInvalid(_)
         | VaultError::Auth(_)
-        | VaultError::Settings(_) => Landed::No,
+        | VaultError::Settings(_)
+        | VaultError::Tls { .. }
+        | VaultError::KvMount(_) => Landed::No,
     }
 }
 
@@ -663,6 +669,7 @@ fn lost_answer(kv: &Kv, name: &KeyName, detail: &str) -> VaultError {
         address: "(failpoint)".into(),
         op: format!("POST {}", kv.path("data", name)),
         detail: detail.into(),
+        connected: true,
     }
 }
 
@@ -749,8 +756,12 @@ mod tests {
 
     #[test]
     fn only_a_lost_answer_or_a_server_error_leaves_a_write_unknown() {
-        let unreachable =
-            VaultError::Unreachable { address: "a".into(), op: "POST p".into(), detail: "connection reset".into() };
+        let unreachable = VaultError::Unreachable {
+            address: "a".into(),
+            op: "POST p".into(),
+            detail: "connection reset".into(),
+            connected: true,
+        };
         assert_eq!(landed_after(&unreachable), Landed::Unknown);
         assert_eq!(landed_after(&api(500)), Landed::Unknown);
         assert_eq!(landed_after(&api(503)), Landed::Unknown);
