@@ -27,7 +27,8 @@ pub struct Pki {
 /// The name in the server certificate that is not an address (for `tls_server_name`).
 pub const SERVER_NAME: &str = "vault.test";
 
-fn openssl(dir: &Path, args: &[&str]) {
+/// Runs the openssl CLI in `dir`; panics with its stderr on failure.
+pub fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
         .current_dir(dir)
         .args(args)

@@ -73,92 +73,22 @@ impl Drop for TokenReviewApi {
     }
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl is needed for the Kubernetes auth tests (apt-get install openssl)");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
 impl TokenReviewApi {
-    /// Makes a CA and a server certificate for 127.0.0.1 with openssl, and serves on a free
-    /// loopback port until dropped.
+    /// Serves on a free loopback port until dropped, with the test PKI's server certificate
+    /// and a service-account signing key made with openssl.
     pub async fn start() -> TokenReviewApi {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
-        openssl(
-            d,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=keysync-test-kubernetes-ca",
-                "-addext",
-                "basicConstraints=critical,CA:TRUE",
-                "-addext",
-                "keyUsage=critical,keyCertSign,cRLSign",
-            ],
-        );
-        openssl(
-            d,
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                "server.key",
-                "-out",
-                "server.csr",
-                "-subj",
-                "/CN=kube-apiserver",
-            ],
-        );
-        std::fs::write(
-            d.join("server.ext"),
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature,keyEncipherment\n",
-        )
-        .unwrap();
-        openssl(
-            d,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "server.csr",
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                "server.pem",
-                "-days",
-                "1",
-                "-extfile",
-                "server.ext",
-            ],
-        );
-        openssl(d, &["genrsa", "-out", "sa-signing.key", "2048"]);
+        // The server certificate the TLS tests use (127.0.0.1 and localhost, signed by the
+        // test CA): Vault checks the stand-in against that CA.
+        let pki = super::pki::pki();
+        super::pki::openssl(d, &["genrsa", "-out", "sa-signing.key", "2048"]);
 
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(d.join("server.pem"))
-            .expect("server.pem")
-            .map(|c| c.expect("cert"))
-            .collect();
-        let key = PrivateKeyDer::from_pem_file(d.join("server.key")).expect("server.key");
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(&pki.server_cert).expect("server.pem").map(|c| c.expect("cert")).collect();
+        let key = PrivateKeyDer::from_pem_file(&pki.server_key).expect("server.key");
         let config = rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(certs, key).expect("tls");
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -167,7 +97,7 @@ impl TokenReviewApi {
         let state = Arc::new(Mutex::new(State::default()));
         let mut api = TokenReviewApi {
             url,
-            ca_pem: std::fs::read_to_string(d.join("ca.pem")).unwrap(),
+            ca_pem: std::fs::read_to_string(&pki.ca_cert).unwrap(),
             reviewer_jwt: String::new(),
             signing_key: d.join("sa-signing.key"),
             state: state.clone(),
