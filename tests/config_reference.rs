@@ -157,7 +157,8 @@ const REFERENCE: &str = "docs/configuration.md";
 /// sections that share one table (`[[keys.NAME.sinks]]`, `[[sinks]]`).
 fn readme_reference() -> BTreeMap<String, BTreeMap<String, Row>> {
     let readme = std::fs::read_to_string(repo().join(REFERENCE)).unwrap_or_else(|e| panic!("{REFERENCE}: {e}"));
-    let start = readme.find("\n## Config reference").expect("docs/configuration.md has a \"## Config reference\" section");
+    let start =
+        readme.find("\n## Config reference").expect("docs/configuration.md has a \"## Config reference\" section");
     let body = &readme[start + 1..];
     let end = body[3..].find("\n## ").map(|i| i + 3).unwrap_or(body.len());
     let body = &body[..end];
@@ -272,7 +273,10 @@ fn every_section_in_the_code_is_documented_and_nothing_else() {
     let missing: Vec<_> = known.difference(&documented).collect();
     let extra: Vec<_> = documented.difference(&known).collect();
     assert!(missing.is_empty(), "{REFERENCE} lacks the sections {missing:?}");
-    assert!(extra.is_empty(), "{REFERENCE} documents sections {extra:?} that this test does not know: add a Probe for each");
+    assert!(
+        extra.is_empty(),
+        "{REFERENCE} documents sections {extra:?} that this test does not know: add a Probe for each"
+    );
 }
 
 #[test]

@@ -149,7 +149,10 @@ fn every_relative_link_and_anchor_in_the_docs_resolves() {
 fn the_link_checker_reads_links_and_anchors_the_way_github_does() {
     // Pin the parser and the anchor rule, so the test above cannot pass by finding nothing.
     assert_eq!(slug(" Several agents on one host: `KEYSYNC_AGENT_ID`"), "several-agents-on-one-host-keysync_agent_id");
-    assert_eq!(slug(" Performance (keysync and `vault agent` side by side)"), "performance-keysync-and-vault-agent-side-by-side");
+    assert_eq!(
+        slug(" Performance (keysync and `vault agent` side by side)"),
+        "performance-keysync-and-vault-agent-side-by-side"
+    );
     assert_eq!(
         anchors("# A\n```sh\n# not a heading\n```\n## A\n#hashtag\n"),
         BTreeSet::from(["a".to_string(), "a-1".to_string()])
@@ -164,7 +167,10 @@ fn the_link_checker_reads_links_and_anchors_the_way_github_does() {
 fn the_readme_is_a_short_front_page_with_the_two_commands_ci_runs() {
     let readme = read("README.md");
     let lines = readme.lines().count();
-    assert!(lines <= README_MAX_LINES, "README.md has {lines} lines; keep it under {README_MAX_LINES} and move reference text to docs/");
+    assert!(
+        lines <= README_MAX_LINES,
+        "README.md has {lines} lines; keep it under {README_MAX_LINES} and move reference text to docs/"
+    );
     let first_screen: String = readme.lines().take(FIRST_SCREEN_LINES).collect::<Vec<_>>().join("\n");
     // .ci/run runs "exactly the README's test command, then the README's demo command".
     let ci = read(".ci/run");
@@ -173,10 +179,7 @@ fn the_readme_is_a_short_front_page_with_the_two_commands_ci_runs() {
             first_screen.contains(&format!("`{command}`")),
             "the README's first {FIRST_SCREEN_LINES} lines must show `{command}`"
         );
-        assert!(
-            ci.lines().any(|l| l.trim() == command),
-            ".ci/run must run `{command}` as the README says CI does"
-        );
+        assert!(ci.lines().any(|l| l.trim() == command), ".ci/run must run `{command}` as the README says CI does");
         assert!(repo().join(command).is_file(), "{command} does not exist");
     }
     let linked: BTreeSet<String> = links(&readme).into_iter().map(|(_, t)| t).collect();
@@ -233,7 +236,11 @@ fn the_readme_tour_runs_as_printed() {
     }
     let out = cmd.output().expect("bash");
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "the README's tour failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}", out.status);
+    assert!(
+        out.status.success(),
+        "the README's tour failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
     // What the tour promises a reader sees: the second key rendered, the first one kept beside
     // it during grace, the key masked where it is not asked for.
     assert!(

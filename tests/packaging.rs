@@ -541,7 +541,8 @@ const CONSUMERS_DOC: &str = "docs/consumers.md";
 /// The first ```lang block of the consumer recipes.
 fn documented_consumer_block(lang: &str) -> String {
     let doc = read(CONSUMERS_DOC);
-    let section = &doc[doc.find("# Consumers").unwrap_or_else(|| panic!("{CONSUMERS_DOC} has a \"# Consumers\" title"))..];
+    let section =
+        &doc[doc.find("# Consumers").unwrap_or_else(|| panic!("{CONSUMERS_DOC} has a \"# Consumers\" title"))..];
     let start = section.find(&format!("```{lang}\n")).unwrap_or_else(|| panic!("no {lang} block")) + lang.len() + 4;
     section[start..].split("```").next().unwrap().to_string()
 }
