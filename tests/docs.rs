@@ -252,3 +252,31 @@ fn the_readme_tour_runs_as_printed() {
     assert!(before_cat.contains("sk-t…6789"), "`keysync get openai` did not show the masked key first:\n{stdout}");
     assert!(stdout.contains("rotated: v1 is current"), "`keysync rotate gateway` did not create v1:\n{stdout}");
 }
+
+#[test]
+fn the_command_reference_lists_every_subcommand() {
+    // docs/cli.md's table against `keysync --help`, so a new subcommand cannot go undocumented.
+    let out = Command::new(env!("CARGO_BIN_EXE_keysync")).arg("--help").output().expect("keysync --help");
+    assert!(out.status.success(), "keysync --help: {}", String::from_utf8_lossy(&out.stderr));
+    let help = String::from_utf8_lossy(&out.stdout).into_owned();
+    let listed = help.split("Commands:").nth(1).and_then(|s| s.split("Options:").next()).unwrap_or("");
+    let subcommands: Vec<&str> =
+        listed.lines().filter_map(|l| l.split_whitespace().next()).filter(|c| *c != "help").collect();
+    assert!(subcommands.len() >= 15, "parsed too few subcommands from keysync --help:\n{help}");
+    let doc = read("docs/cli.md");
+    let rows: Vec<&str> = doc.lines().filter(|l| l.starts_with("| `keysync ")).collect();
+    let missing: Vec<&&str> = subcommands
+        .iter()
+        .filter(|c| {
+            !rows.iter().any(|r| {
+                let cell = r.split(" | ").next().unwrap_or("");
+                // `keysync NAME …`, `keysync NAME`, or the second of `keysync a\|NAME …`.
+                [format!("`keysync {c}"), format!("\\|{c}")].iter().any(|head| {
+                    cell.match_indices(head.as_str())
+                        .any(|(at, _)| matches!(cell[at + head.len()..].chars().next(), Some(' ' | '`' | '\\')))
+                })
+            })
+        })
+        .collect();
+    assert!(missing.is_empty(), "docs/cli.md has no row for the subcommands {missing:?}");
+}
