@@ -166,7 +166,14 @@ impl DevServer {
                     break;
                 }
                 if http_status(&addr, "/v1/sys/health") == Some(200) {
-                    return DevServer { addr, root_token, child: Some(child), log, raft_unseal_key: None, _dir: Some(dir) };
+                    return DevServer {
+                        addr,
+                        root_token,
+                        child: Some(child),
+                        log,
+                        raft_unseal_key: None,
+                        _dir: Some(dir),
+                    };
                 }
                 if Instant::now() > deadline {
                     let _ = child.kill();
