@@ -436,6 +436,7 @@ async fn rotate_due_rotates_keys_side_by_side_but_never_more_than_eight_at_once(
     assert_eq!(rows.len(), 20, "{out}");
     assert!(rows.iter().all(|r| r["outcome"]["result"] == "rotated" && r["outcome"]["version"] == 1), "{out}");
     let most = most_in_flight(dir.path());
+    eprintln!("most mints in flight at once: {most}");
     assert!(most <= 8, "{most} mints at once: the bound is 8");
     assert!(most >= 2, "the keys were rotated one after the other ({most} at once at most)");
 }

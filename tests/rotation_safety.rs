@@ -540,6 +540,7 @@ async fn a_rotating_agent_mints_keys_side_by_side_but_never_more_than_four_at_on
     let counts: Vec<usize> = seen.lines().filter_map(|l| l.trim().parse().ok()).collect();
     assert_eq!(counts.len(), keys, "one mint per key: {seen}");
     let most = counts.iter().copied().max().unwrap_or(0);
+    eprintln!("most mints in flight at once: {most}");
     assert!(most <= 4, "{most} mints at once: the agent's bound is 4");
     assert!(most >= 2, "the keys were minted one after the other ({most} at once at most)");
 }
