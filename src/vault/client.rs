@@ -142,7 +142,9 @@ impl Method {
     }
 }
 
-/// One Vault API call. `path` is relative to `/v1/`.
+/// One Vault API call. `path` is relative to `/v1/`. For a call vaultrs makes it only names
+/// the call (messages, metrics, the KV mount check, whether a 307 may be retried); for a raw
+/// call (merge-PATCH, the mount check, the seal status) it is also what is sent.
 #[derive(Clone, Debug)]
 pub struct Request {
     pub method: Method,
