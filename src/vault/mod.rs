@@ -31,7 +31,8 @@
 //! (`sys/seal-status`, whose version vaultrs does not return), and the cert login (vaultrs
 //! sends the role as `cert_name`, which Vault ignores, so `vault.auth.name` would be lost).
 //! vaultrs' lookup-self answer has no token type; a token without an accessor is reported as
-//! a batch token.
+//! a batch token. vaultrs sends a KV list as the `LIST` verb, where keysync used to send
+//! `GET ?list=true`: a proxy in front of Vault must pass `LIST`.
 
 mod auth;
 mod client;
