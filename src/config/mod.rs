@@ -9,6 +9,8 @@ mod duration;
 
 pub use duration::HumanDuration;
 
+pub use crate::vault::{AppRoleAuth, AuthConfig, CertAuth, JwtAuth, KubernetesAuth, TokenAuth, VaultConfig};
+
 use crate::render::{DirSinkConfig, SinkConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -191,182 +193,6 @@ impl Default for RotationConfig {
             max_hold: HumanDuration::from_secs(12 * 3600),
         }
     }
-}
-
-/// How to reach Vault and log in.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct VaultConfig {
-    /// `http(s)://host:port`; falls back to `VAULT_ADDR`. Several addresses (a TOML list, or
-    /// comma-separated) are tried in order, failing over when one does not answer, is sealed
-    /// or is a standby without a leader.
-    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "string_or_list", default)]
-    pub address: Option<String>,
-    /// PEM file with the CA that signed Vault's certificate; falls back to `VAULT_CACERT`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ca_cert: Option<PathBuf>,
-    /// A directory of PEM CA files (every `*.pem`/`*.crt` in it); falls back to `VAULT_CAPATH`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ca_path: Option<PathBuf>,
-    /// The name to check Vault's certificate against (and send as SNI) instead of the host
-    /// in the address; falls back to `VAULT_TLS_SERVER_NAME`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls_server_name: Option<String>,
-    /// PEM client certificate presented to Vault (cert auth, or a listener that requires
-    /// one); falls back to `VAULT_CLIENT_CERT`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub client_cert: Option<PathBuf>,
-    /// PEM private key of `client_cert`; falls back to `VAULT_CLIENT_KEY`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub client_key: Option<PathBuf>,
-    /// Vault Enterprise / OpenBao namespace; falls back to `VAULT_NAMESPACE`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    /// Skip TLS verification (testing only); falls back to `VAULT_SKIP_VERIFY`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub skip_verify: Option<bool>,
-    /// Timeout of one HTTP request to Vault.
-    pub timeout: HumanDuration,
-    pub auth: AuthConfig,
-}
-
-impl Default for VaultConfig {
-    fn default() -> Self {
-        VaultConfig {
-            address: None,
-            ca_cert: None,
-            ca_path: None,
-            tls_server_name: None,
-            client_cert: None,
-            client_key: None,
-            namespace: None,
-            skip_verify: None,
-            timeout: HumanDuration::from_secs(30),
-            auth: AuthConfig::default(),
-        }
-    }
-}
-
-/// `[vault.auth]`: which auth method logs keysync in, selected by `method`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "method", rename_all = "lowercase")]
-pub enum AuthConfig {
-    Token(TokenAuth),
-    Approle(AppRoleAuth),
-    Jwt(JwtAuth),
-    Kubernetes(KubernetesAuth),
-    Cert(CertAuth),
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        AuthConfig::Token(TokenAuth::default())
-    }
-}
-
-impl AuthConfig {
-    pub fn method_name(&self) -> &'static str {
-        match self {
-            AuthConfig::Token(_) => "token",
-            AuthConfig::Approle(_) => "approle",
-            AuthConfig::Jwt(_) => "jwt",
-            AuthConfig::Kubernetes(_) => "kubernetes",
-            AuthConfig::Cert(_) => "cert",
-        }
-    }
-}
-
-/// `method = "token"`: a token from `token_file`, else `VAULT_TOKEN`, else `~/.vault-token`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct TokenAuth {
-    /// Re-read when it changes, so a sidecar can hand keysync fresh tokens.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub token_file: Option<PathBuf>,
-}
-
-/// `method = "approle"`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct AppRoleAuth {
-    #[serde(default = "default_approle_mount")]
-    pub mount: String,
-    pub role_id_file: PathBuf,
-    pub secret_id_file: PathBuf,
-    /// The secret_id file holds a response-wrapping token to unwrap (single use).
-    #[serde(default)]
-    pub secret_id_wrapped: bool,
-    /// Delete the secret_id file once read, like Vault Agent's
-    /// `remove_secret_id_file_after_reading`.
-    #[serde(default)]
-    pub remove_secret_id_file: bool,
-}
-
-/// `method = "jwt"`: OpenBao/Vault's jwt auth with a JWT read from a file on every login.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct JwtAuth {
-    #[serde(default = "default_jwt_mount")]
-    pub mount: String,
-    pub role: String,
-    pub jwt_file: PathBuf,
-}
-
-/// `method = "kubernetes"`: the pod's service-account token.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct KubernetesAuth {
-    #[serde(default = "default_kubernetes_mount")]
-    pub mount: String,
-    pub role: String,
-    #[serde(default = "default_service_account_token_file")]
-    pub jwt_file: PathBuf,
-}
-
-/// `method = "cert"`: Vault's TLS certificate auth with `vault.client_cert` /
-/// `vault.client_key` (or `VAULT_CLIENT_CERT` / `VAULT_CLIENT_KEY`).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct CertAuth {
-    #[serde(default = "default_cert_mount")]
-    pub mount: String,
-    /// The certificate role (`auth/cert/certs/NAME`) to log in against; unset: any role whose
-    /// CA signed the client certificate.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-}
-
-fn default_cert_mount() -> String {
-    "cert".into()
-}
-
-/// `address` as one string or a list of strings (joined with `, `; split again when the
-/// settings are resolved).
-fn string_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(String),
-        Many(Vec<String>),
-    }
-    Ok(match Option::<OneOrMany>::deserialize(d)? {
-        None => None,
-        Some(OneOrMany::One(s)) => Some(s),
-        Some(OneOrMany::Many(list)) => Some(list.join(", ")),
-    })
-}
-
-fn default_approle_mount() -> String {
-    "approle".into()
-}
-fn default_jwt_mount() -> String {
-    "jwt".into()
-}
-fn default_kubernetes_mount() -> String {
-    "kubernetes".into()
-}
-fn default_service_account_token_file() -> PathBuf {
-    PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token")
 }
 
 /// `[kv]`: where keys live: `<mount>/data/<prefix>/<NAME>`.
@@ -558,35 +384,10 @@ fn key_from_message(text: &str) -> Option<String> {
 impl Config {
     /// Checks what serde cannot: names, paths and combinations.
     pub fn validate(&self, source: &str) -> Result<(), ConfigError> {
-        if let Some(addr) = &self.vault.address {
-            crate::vault::parse_addresses(addr).map_err(|m| ConfigError::new(source, Some("vault.address"), m))?;
-        }
-        if self.vault.timeout.get().is_zero() {
-            return Err(ConfigError::new(source, Some("vault.timeout"), "must be more than 0s"));
-        }
+        self.vault.validate().map_err(|e| ConfigError::new(source, Some(e.field), e.message))?;
         self.validate_agent(source)?;
         check_segment(source, "kv.mount", &self.kv.mount, false)?;
         check_segment(source, "kv.prefix", &self.kv.prefix, true)?;
-        match &self.vault.auth {
-            AuthConfig::Token(_) => {}
-            AuthConfig::Approle(a) => {
-                check_segment(source, "vault.auth.mount", &a.mount, false)?;
-            }
-            AuthConfig::Jwt(j) => {
-                check_segment(source, "vault.auth.mount", &j.mount, false)?;
-                check_nonempty(source, "vault.auth.role", &j.role)?;
-            }
-            AuthConfig::Kubernetes(k) => {
-                check_segment(source, "vault.auth.mount", &k.mount, false)?;
-                check_nonempty(source, "vault.auth.role", &k.role)?;
-            }
-            AuthConfig::Cert(c) => {
-                check_segment(source, "vault.auth.mount", &c.mount, false)?;
-                if let Some(name) = &c.name {
-                    check_nonempty(source, "vault.auth.name", name)?;
-                }
-            }
-        }
         Ok(())
     }
 
@@ -764,13 +565,6 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
-}
-
-fn check_nonempty(source: &str, field: &str, value: &str) -> Result<(), ConfigError> {
-    if value.trim().is_empty() {
-        return Err(ConfigError::new(source, Some(field), "must not be empty"));
-    }
-    Ok(())
 }
 
 /// Mount and prefix become URL path segments: keep them to plain names.
