@@ -636,7 +636,7 @@ impl Config {
                 policy.validate().map_err(|m| ConfigError::new(source, Some(&format!("keys.{name}.rotation")), m))?;
             }
             if let Some(p) = &key.provider {
-                crate::provider::Provider::from_config(p)
+                p.build()
                     .map_err(|e| ConfigError::new(source, Some(&format!("keys.{name}.provider")), e.to_string()))?;
             }
             if let Some(v) = &key.validation {
@@ -743,7 +743,7 @@ impl Config {
         let max_hold = policy.max_hold.map(|g| g.get());
         Ok(Some(crate::rotation::KeyPlan {
             name: crate::store::KeyName::parse(name)?,
-            provider: crate::provider::Provider::from_config(provider).map_err(|e| e.to_string())?,
+            provider: provider.build().map_err(|e| e.to_string())?,
             validation: key.validation.clone(),
             policy,
             grace,
