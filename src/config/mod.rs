@@ -507,13 +507,13 @@ fn translate_config_error(label: &str, err: config::ConfigError) -> ConfigError 
         let value = value.split(" for key").next().unwrap_or(value).trim();
         let field = key_from_message(&text).map(|k| normalize_key(&k));
         let enum_name = head.trim_start_matches("enum ").trim();
+        let presets = crate::provider::Preset::choices();
         let choices = match enum_name {
             "SinkFormat" => "raw, env, json, template",
             "WriteMode" => "atomic, in_place",
             "OnMissing" => "keep, remove",
-            "Charset" => "alphanumeric, hex, base64url",
             "ExecOnChange" => "restart, signal",
-            "Preset" => "a preset listed in the README (openai, deepseek, anthropic, custom, …)",
+            "Preset" => presets.as_str(),
             _ => "a value listed in the README",
         };
         return ConfigError::new(

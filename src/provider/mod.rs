@@ -25,7 +25,7 @@
 //! 2. In this file, the line `<name>::<Type>,` in the `providers!` list below (it declares the
 //!    module and registers the type).
 //!
-//! Nothing else changes: not the engine, not `config/`. The README's config reference gets a
+//! Nothing else changes: not the engine, not `config/`. The config reference (README / docs) gets a
 //! section for the new `type` (tests/config_reference.rs fails until it has one). The unit
 //! test `a_provider_is_one_type_and_one_registration` builds one this way.
 
@@ -150,13 +150,16 @@ pub trait Kind: Provider + Sized + 'static {
     fn build(config: Self::Config) -> Result<Self, ProviderError>;
 }
 
+/// A provider's settings as read: the `[keys.NAME.provider]` table without `type`.
+type Settings = Map<String, Value>;
+
 /// One entry of [`PROVIDERS`]: a `type` name and how to read and build it.
 pub struct Registration {
     pub name: &'static str,
     /// Reads the settings into the type's struct and back, so unknown fields and wrong types
     /// are refused at load and every default is filled in (printed configs show them).
-    normalize: fn(Map<String, Value>) -> Result<Map<String, Value>, String>,
-    build: fn(&Map<String, Value>) -> Result<Arc<dyn Provider>, ProviderError>,
+    normalize: fn(Settings) -> Result<Settings, String>,
+    build: fn(&Settings) -> Result<Arc<dyn Provider>, ProviderError>,
 }
 
 /// The [`Registration`] of `K`.
@@ -164,8 +167,9 @@ pub const fn register<K: Kind>() -> Registration {
     Registration { name: K::NAME, normalize: normalize::<K>, build: build_kind::<K> }
 }
 
-fn normalize<K: Kind>(settings: Map<String, Value>) -> Result<Map<String, Value>, String> {
-    let config: K::Config = serde_json::from_value(Value::Object(settings)).map_err(|e| e.to_string())?;
+fn normalize<K: Kind>(settings: Settings) -> Result<Settings, String> {
+    let config: K::Config = serde_json::from_value(Value::Object(settings.clone()))
+        .map_err(|e| name_the_field(&e.to_string(), &settings))?;
     match serde_json::to_value(&config) {
         Ok(Value::Object(mut map)) => {
             // TOML has no null: an unset optional field is left out.
@@ -174,6 +178,17 @@ fn normalize<K: Kind>(settings: Map<String, Value>) -> Result<Map<String, Value>
         }
         Ok(_) => Err(format!("provider type \"{}\": its settings are not a table", K::NAME)),
         Err(e) => Err(format!("provider type \"{}\": {e}", K::NAME)),
+    }
+}
+
+/// serde names a bad enum value but not its field (`unknown variant `emoji`, expected …`):
+/// put the field in front when one top-level setting holds that value (`charset: unknown …`).
+fn name_the_field(message: &str, settings: &Settings) -> String {
+    let bad = message.strip_prefix("unknown variant `").and_then(|r| r.split('`').next());
+    let field = bad.and_then(|bad| settings.iter().find(|(_, v)| v.as_str() == Some(bad)).map(|(k, _)| k));
+    match field {
+        Some(field) => format!("{field}: {message}"),
+        None => message.to_string(),
     }
 }
 
@@ -424,6 +439,34 @@ mod tests {
         assert!(read("prefix = \"x\"").unwrap_err().contains("missing field `type`"));
     }
 
+    /// Through the config loader: a provider field problem names `keys.NAME.provider…` and
+    /// lists what is accepted, as it did when providers were one serde enum.
+    #[test]
+    fn config_errors_name_the_provider_field() {
+        let load = |text: &str| {
+            let mut file = tempfile::NamedTempFile::new().unwrap();
+            std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
+            let source = crate::config::ConfigSource { path: file.path().to_path_buf(), explicit: true };
+            crate::config::load_with_env(&source, &Default::default()).unwrap_err().to_string()
+        };
+        for (text, says) in [
+            ("[keys.k.provider]\ntype = \"generate\"\nlenght = 40\n", &["keys.k.provider", "lenght", "`length`"][..]),
+            ("[keys.k.provider]\ntype = \"generate\"\ncharset = \"emoji\"\n", &["keys.k.provider", "charset: unknown variant `emoji`", "`base64url`"]),
+            ("[keys.k.provider]\ntype = \"magic\"\n", &["keys.k.provider", "magic", "`generate`", "`manual`"]),
+            ("[keys.k.provider]\ntype = \"openai\"\nadmin_key_file = \"/a\"\n", &["keys.k.provider", "project_id"]),
+            ("[keys.k.provider]\ntype = \"command\"\ncommand = []\n", &["keys.k.provider", "`command` must name a program"]),
+            (
+                "[keys.k.provider]\ntype = \"openai\"\nproject_id = \"p\"\nadmin_key_file = \"/a\"\nname_prefix = \"a-b\"\n",
+                &["keys.k.provider", "name_prefix", "\"a_b\""],
+            ),
+        ] {
+            let err = load(text);
+            for word in says {
+                assert!(err.contains(word), "{text}: {word:?} missing from: {err}");
+            }
+        }
+    }
+
     #[test]
     fn printed_settings_read_back_the_same() {
         for text in [
@@ -603,7 +646,9 @@ mod tests {
         assert_eq!(kinds(), ["generate", "command", "openai", "manual"]);
         let generate = ProviderConfig::of::<GenerateConfig>(&GenerateConfig::default()).unwrap().build().unwrap();
         assert!(matches!(generate.list_own("k").await, Err(ProviderError::ListUnsupported("generate"))));
-        assert!(matches!(delete_orphans(&*generate, "k", &BTreeSet::new(), Duration::ZERO).await, Err(_)));
+        let none = BTreeSet::new();
+        let err = delete_orphans(&*generate, "k", &none, Duration::ZERO).await.unwrap_err();
+        assert!(matches!(err, ProviderError::ListUnsupported("generate")), "{err:?}");
         assert_eq!(check_key(&*generate, None, &Secret::new("sk-x")).await, None, "no check: promoted unchecked");
         assert!(matches!(generate.validate(&Secret::new("sk-x")).await, Verdict::Undecided(_)));
     }

@@ -49,6 +49,35 @@ enum Family {
 }
 
 impl Preset {
+    /// Every preset, in the order the config reference lists them.
+    pub const ALL: [Preset; 14] = [
+        Preset::Openai,
+        Preset::Deepseek,
+        Preset::Qwen,
+        Preset::Moonshot,
+        Preset::Zhipu,
+        Preset::Doubao,
+        Preset::Mistral,
+        Preset::Groq,
+        Preset::Openrouter,
+        Preset::Together,
+        Preset::Ollama,
+        Preset::Anthropic,
+        Preset::Gemini,
+        Preset::Custom,
+    ];
+
+    /// `openai, deepseek, …, custom`: the values `preset` accepts, for error messages (derived
+    /// from the type, so a new preset is listed without touching the message).
+    pub fn choices() -> String {
+        Preset::ALL
+            .iter()
+            .filter_map(|p| serde_json::to_value(p).ok())
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     fn family(self) -> Family {
         match self {
             Preset::Anthropic => Family::Anthropic,
@@ -601,6 +630,15 @@ mod tests {
         let verdict = openai_at(&base).validate_with(&key(), fast()).await;
         assert!(matches!(verdict, Verdict::Undecided(ref m) if m.contains("429") && m.contains("1h")), "{verdict:?}");
         assert_eq!(seen.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn every_preset_is_listed() {
+        // serde lists every variant for an unknown one: ALL must hold the same, in order.
+        let err = serde_json::from_str::<Preset>("\"zz\"").unwrap_err().to_string();
+        let serde_list: Vec<&str> = err.split('`').skip(3).step_by(2).collect();
+        assert_eq!(Preset::choices(), serde_list.join(", "), "{err}");
+        assert!(Preset::choices().starts_with("openai, deepseek") && Preset::choices().ends_with("gemini, custom"));
     }
 
     #[test]
