@@ -105,8 +105,9 @@ pub struct OnChangeConfig {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
     pub timeout: Option<HumanDuration>,
+    /// Parsed when the config is loaded: an unknown name is a config error.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub signal: Option<String>,
+    pub signal: Option<crate::agent::SignalName>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid_file: Option<PathBuf>,
     /// Quiet period after a change before the hook runs (debounce), like consul-template's wait.
@@ -133,7 +134,7 @@ pub struct ExecConfig {
     pub env: BTreeMap<String, String>,
     /// On change: `restart` the child (default), or send it `signal`.
     pub on_change: ExecOnChange,
-    pub signal: Option<String>,
+    pub signal: Option<crate::agent::SignalName>,
     /// How long a stopping child gets between SIGTERM and SIGKILL.
     pub kill_timeout: Option<HumanDuration>,
     /// Debounce: restart (or signal) the child only after its keys were quiet this long, so
@@ -654,9 +655,6 @@ impl Config {
                 if hook.signal.is_some() != hook.pid_file.is_some() {
                     return Err(ConfigError::new(source, Some(&field), "signal and pid_file go together"));
                 }
-                if let Some(sig) = &hook.signal {
-                    parse_signal(sig).map_err(|m| ConfigError::new(source, Some(&format!("{field}.signal")), m))?;
-                }
                 crate::agent::check_pass_env(&hook.pass_env)
                     .map_err(|m| ConfigError::new(source, Some(&format!("{field}.pass_env")), m))?;
                 // The message starts with the field (`keys.NAME.on_change.user: …`).
@@ -715,9 +713,6 @@ impl Config {
                         format!("{var} = {key:?}: not a valid key name"),
                     ));
                 }
-            }
-            if let Some(sig) = &exec.signal {
-                parse_signal(sig).map_err(|m| ConfigError::new(source, Some("exec.signal"), m))?;
             }
             crate::agent::check_pass_env(&exec.pass_env)
                 .map_err(|m| ConfigError::new(source, Some("exec.pass_env"), m))?;
@@ -805,17 +800,6 @@ pub fn source_from_arg(arg: Option<&Path>) -> ConfigSource {
         Some(p) => ConfigSource { path: p.to_path_buf(), explicit: true },
         None => ConfigSource { path: PathBuf::from(DEFAULT_CONFIG_FILE), explicit: false },
     }
-}
-
-/// `SIGHUP`, `HUP` or a number → the signal.
-pub fn parse_signal(text: &str) -> Result<nix::sys::signal::Signal, String> {
-    let upper = text.trim().to_ascii_uppercase();
-    let name = if upper.starts_with("SIG") { upper.clone() } else { format!("SIG{upper}") };
-    if let Ok(n) = text.trim().parse::<i32>() {
-        return nix::sys::signal::Signal::try_from(n).map_err(|_| format!("{text:?} is not a signal number"));
-    }
-    name.parse::<nix::sys::signal::Signal>()
-        .map_err(|_| format!("{text:?} is not a signal; use a name like SIGHUP, SIGUSR1 or SIGTERM"))
 }
 
 #[cfg(test)]
