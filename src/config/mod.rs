@@ -334,13 +334,13 @@ fn translate_config_error(label: &str, err: config::ConfigError) -> ConfigError 
         let value = value.split(" for key").next().unwrap_or(value).trim();
         let field = key_from_message(&text).map(|k| normalize_key(&k));
         let enum_name = head.trim_start_matches("enum ").trim();
+        let presets = crate::provider::Preset::choices();
         let choices = match enum_name {
             "SinkFormat" => "raw, env, json, template",
             "WriteMode" => "atomic, in_place",
             "OnMissing" => "keep, remove",
-            "Charset" => "alphanumeric, hex, base64url",
             "ExecOnChange" => "restart, signal",
-            "Preset" => "a preset listed in the README (openai, deepseek, anthropic, custom, …)",
+            "Preset" => presets.as_str(),
             _ => "a value listed in the README",
         };
         return ConfigError::new(
@@ -438,7 +438,7 @@ impl Config {
                 policy.validate().map_err(|m| ConfigError::new(source, Some(&format!("keys.{name}.rotation")), m))?;
             }
             if let Some(p) = &key.provider {
-                crate::provider::Provider::from_config(p)
+                p.build()
                     .map_err(|e| ConfigError::new(source, Some(&format!("keys.{name}.provider")), e.to_string()))?;
             }
             if let Some(v) = &key.validation {
@@ -539,7 +539,7 @@ impl Config {
         let max_hold = policy.max_hold.map(|g| g.get());
         Ok(Some(crate::rotation::KeyPlan {
             name: crate::store::KeyName::parse(name)?,
-            provider: crate::provider::Provider::from_config(provider).map_err(|e| e.to_string())?,
+            provider: provider.build().map_err(|e| e.to_string())?,
             validation: key.validation.clone(),
             policy,
             grace,
