@@ -131,7 +131,7 @@ mod tests {
         assert_eq!(t, Secret::new("hvs.CAESIJ0123456789abcdef"), "equality is by value");
     }
 
-    /// The README promises exactly this input: the UTF-8 bytes of the key as stored in Vault's
+    /// docs/security.md promises exactly this input: the UTF-8 bytes of the key as stored in Vault's
     /// `api_key` field, nothing added (a sink's trailing newline is not part of it).
     #[test]
     fn a_fingerprint_hashes_the_key_bytes_without_a_trailing_newline() {

@@ -11,7 +11,7 @@ pub enum AgentError {
     #[error("invalid config: {0}")]
     Config(#[from] ConfigError),
     /// Nothing to render and no command to run: the agent would do nothing.
-    #[error("{path}: no sinks configured; add [[keys.NAME.sinks]] with a path (see README, \"Sinks\")")]
+    #[error("{path}: no sinks configured; add [[keys.NAME.sinks]] with a path (see docs/agent.md)")]
     NoSinks { path: String },
     /// `agent.listen` cannot be bound.
     #[error("agent.listen {address}: cannot listen ({source}); choose a free address or \"off\"")]

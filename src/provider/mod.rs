@@ -25,7 +25,7 @@
 //! 2. In this file, the line `<name>::<Type>,` in the `providers!` list below (it declares the
 //!    module and registers the type).
 //!
-//! Nothing else changes: not the engine, not `config/`. The config reference (README or docs)
+//! Nothing else changes: not the engine, not `config/`. The config reference (docs/configuration.md)
 //! gets a section for the new `type` (tests/config_reference.rs fails until it has one). The
 //! unit test `a_provider_is_one_type_and_one_registration` builds a provider this way.
 

@@ -113,7 +113,7 @@ impl OpenAiConfig {
     /// `keysync-openai-batch-1711471533` to `openai-batch` only (its tail after
     /// `keysync-openai-` is `batch-1711471533`, not digits). What the grammar cannot tell apart
     /// is two keysync deployments (two Vault prefixes) with the same `name_prefix` and key name
-    /// in one OpenAI project; the README asks for a `name_prefix` per deployment.
+    /// in one OpenAI project; docs/configuration.md asks for a `name_prefix` per deployment.
     fn is_named_for(&self, key: &str, name: &str) -> bool {
         let Some(tail) = name
             .strip_prefix(self.name_prefix.as_str())

@@ -2,7 +2,7 @@
 //! the key's state, the agents' reports (`_acks`) and the clock, shared by the rotation
 //! engine (which acts on it) and `keysync status NAME --consumers` (which shows it).
 //!
-//! The rule (README, "Retirement waits for consumers"):
+//! The rule (docs/rotation.md, "Retirement waits for consumers"):
 //! * An agent counts when its report is younger than `ack_ttl` and lists the key (it is
 //!   bound to it). An older report is *silent*: shown, never waited for.
 //! * A sink *holds back* retirement when it holds the previous key, or when what it holds is
