@@ -19,6 +19,7 @@ use crate::store::{default_actor, KeyName, KeyStore, Kv};
 use crate::telemetry::{Health, Metrics};
 use crate::vault::{Authenticator, Session, VaultClient, VaultSettings};
 use hooks::Hooks;
+use crate::rotation::clock;
 use rand::Rng;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -119,7 +120,8 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
     let mut first_done = false;
     let mut reporter = report::Reporter::default();
     let mut last_ack: Option<crate::store::Ack> = None;
-    let mut last_ack_at = Instant::now();
+    // Time decisions read the process clock (virtual in `test-clock` test builds: rotation/clock.rs).
+    let mut last_ack_at = clock::instant();
     // Rotation runs beside the poll loop, never inside it: a slow provider or a burst of due
     // keys must not delay a render or flip /readyz (see `rotation_task`).
     let (rotation_cfg, rotation_cfg_rx) = tokio::sync::watch::channel(Arc::new(cfg.clone()));
@@ -137,7 +139,7 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
                 full = false;
                 health.sync_ok();
                 health.sinks_rendered(&report.failure_reasons);
-                metrics.last_successful_sync_timestamp_seconds.set(chrono::Utc::now().timestamp() as f64);
+                metrics.last_successful_sync_timestamp_seconds.set(clock::now().timestamp() as f64);
                 if !first_done {
                     first_done = true;
                     health.set_first_render_done();
@@ -174,13 +176,13 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
         if cfg.agent.report_renders && first_done {
             let ack = consumer_report(&mut reporter, &syncer, &hooks, child.as_ref(), &hook_results);
             // Refreshed well within ack_ttl, so a healthy agent never reads as silent.
-            let refresh = last_ack_at.elapsed() >= cfg.rotation.ack_ttl.get() / 2;
+            let refresh = clock::instant().saturating_duration_since(last_ack_at) >= cfg.rotation.ack_ttl.get() / 2;
             if last_ack.as_ref() != Some(&ack) || refresh {
                 let kv = Kv::new(session.clone(), &cfg.kv.mount, &cfg.kv.prefix);
                 match kv.acks().report(&default_actor(), &ack).await {
                     Ok(()) => {
                         last_ack = Some(ack);
-                        last_ack_at = Instant::now();
+                        last_ack_at = clock::instant();
                     }
                     Err(e) => tracing::warn!(error = %e, "could not report what this agent's sinks hold"),
                 }
@@ -191,11 +193,11 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
         let mut wait =
             if failures > 0 { Duration::from_secs(1u64 << failures.min(10)).min(poll) } else { jittered(poll) };
         if let Some(g) = syncer.next_grace_end() {
-            let until = (g - chrono::Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(50);
+            let until = (g - clock::now()).to_std().unwrap_or_default() + Duration::from_millis(50);
             wait = wait.min(until);
         }
         for due in [hooks.next_due(), child.as_ref().and_then(|c| c.next_due())].into_iter().flatten() {
-            wait = wait.min(due.saturating_duration_since(Instant::now()));
+            wait = wait.min(due.saturating_duration_since(clock::instant()));
         }
         let child_exit = async {
             match child.as_mut() {
@@ -204,7 +206,8 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
             }
         };
         tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
+            // clock::sleep: on a test's virtual clock it also wakes when the clock is moved on.
+            _ = clock::sleep(wait) => {}
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading the config");
                 match config::load(source) {
@@ -331,7 +334,7 @@ async fn rotation_task(
         }
         let wait = jittered(current.agent.rotation_check_interval.get());
         tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
+            _ = clock::sleep(wait) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
     }
@@ -375,7 +378,7 @@ async fn rotate_due(
                     }
                 };
                 let result = engine.step(&plan, false, "scheduled rotation").await;
-                let now = Instant::now();
+                let now = clock::instant();
                 let lines = {
                     let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
                     match &result {

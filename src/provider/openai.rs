@@ -130,7 +130,7 @@ impl OpenAiConfig {
 
     pub async fn mint_for(&self, key: &str) -> Result<Minted, ProviderError> {
         let admin = self.admin_key()?;
-        let name = self.account_name(key, chrono::Utc::now().timestamp());
+        let name = self.account_name(key, crate::rotation::clock::now().timestamp());
         let resp = self
             .client()?
             .post(self.url(""))
@@ -197,7 +197,7 @@ impl OpenAiConfig {
     ) -> Result<Vec<String>, ProviderError> {
         let accounts = self.list_accounts().await?;
         let cutoff =
-            chrono::Utc::now().timestamp().saturating_sub(i64::try_from(older_than.as_secs()).unwrap_or(i64::MAX));
+            crate::rotation::clock::now().timestamp().saturating_sub(i64::try_from(older_than.as_secs()).unwrap_or(i64::MAX));
         let orphans: Vec<&Account> = accounts
             .iter()
             .filter(|a| self.is_named_for(key, &a.name) && !referenced.contains(&a.id) && a.created_at <= cutoff)

@@ -2,7 +2,7 @@
 //! ([`decide`]), plus an injectable [`Clock`]. Nothing here talks to Vault or a provider, so
 //! every agent evaluating the same metadata reaches the same answer and tests need no sleeping.
 
-mod clock;
+pub mod clock;
 mod engine;
 pub mod holds;
 mod policy;

@@ -123,7 +123,7 @@ impl Acks {
     /// set to now.
     pub async fn report(&self, agent: &str, ack: &Ack) -> Result<(), VaultError> {
         let path = format!("{}/data/{}/_acks/{}", self.mount, self.prefix, ack_id(agent));
-        let body = json!({ "data": { "seen_at": Utc::now().to_rfc3339(), "keys": ack.keys, "sinks": ack.sinks } });
+        let body = json!({ "data": { "seen_at": crate::rotation::clock::now().to_rfc3339(), "keys": ack.keys, "sinks": ack.sinks } });
         self.session.request(&Request::post(path, "ack_write", body)).await.map(|_| ())
     }
 
