@@ -247,7 +247,7 @@ async fn an_outage_in_the_middle_of_a_rotation_loses_nothing_and_orphans_nothing
     );
     let caught_up = t0.elapsed().as_secs_f64();
     // Let a few more rotation checks pass: nothing else may happen.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(support::wait_rotation_checks(&[&agent], 3, Duration::from_secs(15)).await, "{}", agent.log_text());
     let stats = reader.finish();
     drop(agent);
 

@@ -414,3 +414,22 @@ async fn a_hand_written_version_is_adopted_only_when_the_policy_says_so() {
     assert_eq!(status[0]["previous"]["version"], 1);
     assert_eq!(status[0]["external_versions"], serde_json::json!([]));
 }
+
+/// `KEYSYNC_TEST_CLOCK` moves keysync's time only in a `test-clock` build (tests, never
+/// release: src/rotation/clock.rs refuses to compile the feature without debug assertions).
+/// Eight days on, a key with a 7-day interval is due there; any other build ignores the file.
+#[tokio::test]
+async fn the_test_clock_moves_keysync_only_in_a_test_clock_build() {
+    let server = DevServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let clock = TestClock::new();
+    let cli = Cli::new(&server, &server.root_token, dir.path()).on_clock(&clock);
+    let cfg = config(dir.path(), "[keys.gw.provider]\ntype = \"generate\"\n[keys.gw.rotation]\ninterval = \"7d\"\n");
+    cli.run_with_stdin(&["put", "gw"], "sk-gw-clock-aaaaaaaaaaaaaaaaaaaaaaaa");
+    let out = cli.json(&["--config", &cfg, "rotate", "gw"]);
+    assert_eq!(out[0]["outcome"]["result"], "not_due", "{out}");
+    clock.jump_file(Duration::from_secs(8 * 24 * 3600));
+    let out = cli.json(&["--config", &cfg, "rotate", "gw"]);
+    let want = if support::clock::VIRTUAL { "rotated" } else { "not_due" };
+    assert_eq!(out[0]["outcome"]["result"], want, "test-clock feature built in: {}: {out}", support::clock::VIRTUAL);
+}

@@ -474,8 +474,9 @@ async fn five_agents_create_twenty_declared_absent_keys_exactly_once() {
         logs()
     );
     let converged = t0.elapsed().as_secs_f64();
-    // A few more rotation checks by every agent: nothing may happen any more.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Two more rotation rounds by every agent (each checks every key): nothing may happen any more.
+    let all: Vec<&support::Agent> = running.iter().map(|a| &a.agent).collect();
+    assert!(support::wait_rotation_checks(&all, 2 * keys, Duration::from_secs(30)).await, "{}", logs());
     for name in &names {
         let r = store.require(&KeyName::parse(name).unwrap()).await.unwrap();
         assert_eq!(r.meta.current_version, 1, "{name}: exactly one version");

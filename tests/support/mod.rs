@@ -635,3 +635,16 @@ pub async fn eventually_async<F: std::future::Future<Output = bool>>(
     }
     cond().await
 }
+
+/// Rotation checks an agent has logged (debug level and up: one "rotation check" line per key
+/// per round, src/agent/mod.rs), the observable for "a few more rounds and nothing happened".
+pub fn rotation_checks(agent: &Agent) -> usize {
+    let log = agent.log_text();
+    log.matches("rotation check").count() - log.matches("next rotation check").count()
+}
+
+/// Waits until every agent has logged `more` rotation checks than when called.
+pub async fn wait_rotation_checks(agents: &[&Agent], more: usize, timeout: Duration) -> bool {
+    let start: Vec<usize> = agents.iter().map(|a| rotation_checks(a)).collect();
+    eventually(timeout, || agents.iter().zip(&start).all(|(a, s)| rotation_checks(a) >= s + more)).await
+}
