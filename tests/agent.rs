@@ -128,10 +128,11 @@ async fn steady_polls_cost_one_request_whatever_the_key_count() {
 async fn a_change_reads_the_previous_version_only_for_sinks_that_render_it() {
     let server = DevServer::start();
     let writer = store(&server, Duration::from_secs(3600)).await;
-    let sc = Scenario::new(&server)
-        .poll("300ms")
-        .sink("plain", "plain.key")
-        .sink_with("withprev", "withprev.key", "include_previous = true");
+    let sc = Scenario::new(&server).poll("300ms").sink("plain", "plain.key").sink_with(
+        "withprev",
+        "withprev.key",
+        "include_previous = true",
+    );
     let d = sc.d();
     put(&writer, "plain", "sk-plain-one-1111111111111111").await;
     put(&writer, "withprev", "sk-prev-one-11111111111111111").await;
@@ -175,7 +176,9 @@ async fn an_outage_leaves_files_intact_and_the_agent_catches_up_within_a_poll() 
     assert!(why.contains("Vault"), "{why}");
     // Two more failed passes with the key changed behind the outage.
     let failures = sc.scrape("keysync_sync_failures_total", &[]);
-    assert!(eventually(Duration::from_secs(8), || sc.scrape("keysync_sync_failures_total", &[]) >= failures + 2.0).await);
+    assert!(
+        eventually(Duration::from_secs(8), || sc.scrape("keysync_sync_failures_total", &[]) >= failures + 2.0).await
+    );
     assert_eq!(read(&key_file).trim(), "sk-outage-one-11111111111111", "file intact during the outage");
     let attempts = proxy.connections.load(std::sync::atomic::Ordering::Relaxed) - connections_before;
     assert!(attempts <= 15, "{attempts} connection attempts in ~6 s of outage: not backing off");
@@ -259,7 +262,9 @@ async fn sighup_reloads_the_config_and_sigterm_exits_cleanly() {
 async fn exec_restarts_the_child_with_the_new_key() {
     let server = DevServer::start();
     let writer = store(&server, Duration::from_secs(60)).await;
-    let sc = Scenario::new(&server).no_listen().toml("[exec]\nenv = { OPENAI_API_KEY = \"openai\" }\nkill_timeout = \"2s\"\n");
+    let sc = Scenario::new(&server)
+        .no_listen()
+        .toml("[exec]\nenv = { OPENAI_API_KEY = \"openai\" }\nkill_timeout = \"2s\"\n");
     let d = sc.d();
     put(&writer, "openai", "sk-exec-one-1111111111111111").await;
     let script = format!(
@@ -284,10 +289,11 @@ async fn exec_restarts_the_child_with_the_new_key() {
 async fn a_rotating_agent_rotates_due_keys_and_rollback_reaches_files_within_a_poll() {
     let server = DevServer::start();
     let writer = store(&server, Duration::from_secs(60)).await;
-    let sc = Scenario::new(&server).no_listen().agent("rotate = true").agent("rotation_check_interval = \"1s\"").sink(
-        "gateway",
-        "gateway.key",
-    );
+    let sc = Scenario::new(&server)
+        .no_listen()
+        .agent("rotate = true")
+        .agent("rotation_check_interval = \"1s\"")
+        .sink("gateway", "gateway.key");
     let sc = sc.toml(
         "[keys.gateway.provider]\ntype = \"generate\"\nprefix = \"sk-gw-\"\n\
          [keys.gateway.rotation]\ninterval = \"1h\"\nmax_age = \"1s\"\ngrace = \"1h\"\n",
@@ -335,9 +341,11 @@ async fn a_previous_key_is_retired_early_once_every_reporting_agent_rendered_the
     let server = DevServer::start();
     let admin = server.admin();
     let writer = store(&server, Duration::from_secs(3600)).await;
-    let sc = Scenario::new(&server).no_listen().agent("report_renders = true").sink("gw", "gw.key").toml(
-        "[keys.gw.provider]\ntype = \"generate\"\n[keys.gw.rotation]\ninterval = \"30d\"\ngrace = \"1h\"\n",
-    );
+    let sc = Scenario::new(&server)
+        .no_listen()
+        .agent("report_renders = true")
+        .sink("gw", "gw.key")
+        .toml("[keys.gw.provider]\ntype = \"generate\"\n[keys.gw.rotation]\ninterval = \"30d\"\ngrace = \"1h\"\n");
     let d = sc.d();
     put(&writer, "gw", "sk-ack-initial-aaaaaaaaaaaaaaaaa").await;
     let config = sc.write_config();

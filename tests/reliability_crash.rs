@@ -13,8 +13,8 @@ mod support;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use support::fake_openai::{self, Shared};
 use support::clock::TestClock;
+use support::fake_openai::{self, Shared};
 use support::faults::Reader;
 use support::{eventually, report, unique, Agent, Cli, DevServer};
 

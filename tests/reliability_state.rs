@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::faults::{http_get, scrape, FaultProxy, Reader};
-use support::{eventually, free_listen_addr, report, Agent, DevServer};
+use support::scenario::Scenario;
+use support::{eventually, free_listen_addr, report, DevServer};
 
 async fn put(store: &KeyStore, name: &str, key: &str) {
     let opts = PutOptions { promote: true, reason: "test".into(), keep_fields: true };
@@ -294,17 +295,9 @@ async fn approle_agent(server: &DevServer, dir: &Path, secret_id_num_uses: u64) 
     )
 }
 
-fn agent_config(dir: &Path, listen: &str, auth: &str) -> PathBuf {
-    let config = dir.join("keysync.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[agent]\npoll_interval = \"1s\"\nlisten = \"{listen}\"\n[vault]\ntimeout = \"2s\"\n{auth}[[keys.openai.sinks]]\npath = \"{}/openai.key\"\n",
-            dir.display()
-        ),
-    )
-    .unwrap();
-    config
+/// The agent these tests watch: one sink, a poll a second, Vault through `proxy`.
+fn scenario<'s>(server: &'s DevServer, proxy: &FaultProxy) -> Scenario<'s> {
+    Scenario::new(server).via(&proxy.addr).toml("[vault]\ntimeout = \"2s\"").sink("openai", "openai.key")
 }
 
 async fn revoke_approle_tokens(server: &DevServer) {
@@ -316,12 +309,12 @@ async fn a_revoked_approle_token_is_replaced_by_logging_in_again() {
     let server = DevServer::start();
     let writer = support::key_store(&server, &server.root_token, Duration::from_secs(3600), "test-writer").await;
     let proxy = FaultProxy::start(&server.addr).await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+    let sc = scenario(&server, &proxy);
+    let (dir, listen) = (sc.d().to_path_buf(), sc.listen.clone().unwrap());
+    let d = dir.as_path();
     put(&writer, "openai", "sk-auth-one-1111111111111111").await;
-    let auth = approle_agent(&server, d, 0).await;
-    let listen = free_listen_addr();
-    let agent = Agent::start(&agent_config(d, &listen, &auth), &proxy.addr, "", &["run"], d);
+    let sc = sc.toml(&approle_agent(&server, d, 0).await).token("");
+    let agent = sc.run();
     let key_file = d.join("openai.key");
     assert!(
         eventually(Duration::from_secs(10), || read(&key_file).starts_with("sk-auth-one")).await,
@@ -363,12 +356,11 @@ async fn a_revoked_plain_token_makes_the_agent_not_ready_with_the_reason_and_no_
     support::load_repo_policies(&admin).await;
     let writer = support::key_store(&server, &server.root_token, Duration::from_secs(3600), "test-writer").await;
     let proxy = FaultProxy::start(&server.addr).await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
     put(&writer, "openai", "sk-plain-one-1111111111111111").await;
     let token = support::token_with_policies(&admin, &["keysync-agent"]).await;
-    let listen = free_listen_addr();
-    let agent = Agent::start(&agent_config(d, &listen, ""), &proxy.addr, &token, &["run"], d);
+    let sc = scenario(&server, &proxy).token(&token);
+    let (d, listen) = (sc.d(), sc.listen.clone().unwrap());
+    let agent = sc.run();
     let key_file = d.join("openai.key");
     assert!(eventually(Duration::from_secs(10), || read(&key_file).starts_with("sk-plain-one")).await);
     let reader = Reader::start(key_file.clone(), |t| t == "sk-plain-one-1111111111111111\n");
@@ -411,12 +403,12 @@ async fn a_used_up_secret_id_is_reported_with_the_fix_and_a_new_one_is_picked_up
     let server = DevServer::start();
     let writer = support::key_store(&server, &server.root_token, Duration::from_secs(3600), "test-writer").await;
     let proxy = FaultProxy::start(&server.addr).await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+    let sc = scenario(&server, &proxy);
+    let (dir, listen) = (sc.d().to_path_buf(), sc.listen.clone().unwrap());
+    let d = dir.as_path();
     put(&writer, "openai", "sk-sid-one-1111111111111111").await;
-    let auth = approle_agent(&server, d, 1).await;
-    let listen = free_listen_addr();
-    let agent = Agent::start(&agent_config(d, &listen, &auth), &proxy.addr, "", &["run"], d);
+    let sc = sc.toml(&approle_agent(&server, d, 1).await).token("");
+    let agent = sc.run();
     let key_file = d.join("openai.key");
     assert!(
         eventually(Duration::from_secs(10), || read(&key_file).starts_with("sk-sid-one")).await,
@@ -498,13 +490,12 @@ async fn a_sealed_server_is_reported_without_a_hot_loop_and_recovered_after_unse
     }
     let admin = server.admin();
     let proxy = FaultProxy::start(&server.addr).await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+    let sc = scenario(&server, &proxy);
+    let (d, listen) = (sc.d(), sc.listen.clone().unwrap());
     let writer = support::key_store(&server, &server.root_token, Duration::from_secs(3600), "test-writer").await;
     put(&writer, "openai", "sk-seal-one-1111111111111111").await;
     let key = unseal_key(&server).await;
-    let listen = free_listen_addr();
-    let agent = Agent::start(&agent_config(d, &listen, ""), &proxy.addr, &server.root_token, &["run"], d);
+    let agent = sc.run();
     let key_file = d.join("openai.key");
     assert!(eventually(Duration::from_secs(10), || read(&key_file).starts_with("sk-seal-one")).await);
     let reader = Reader::start(key_file.clone(), |t| {

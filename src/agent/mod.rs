@@ -15,11 +15,11 @@ pub use exec::ExecSpec;
 pub use sync::{PassReport, Syncer};
 
 use crate::config::{self, Config, ConfigSource};
+use crate::rotation::clock;
 use crate::store::{default_actor, KeyName, KeyStore, Kv};
 use crate::telemetry::{Health, Metrics};
 use crate::vault::{Authenticator, Session, VaultClient, VaultSettings};
 use hooks::Hooks;
-use crate::rotation::clock;
 use rand::Rng;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

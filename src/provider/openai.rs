@@ -196,8 +196,9 @@ impl OpenAiConfig {
         older_than: Duration,
     ) -> Result<Vec<String>, ProviderError> {
         let accounts = self.list_accounts().await?;
-        let cutoff =
-            crate::rotation::clock::now().timestamp().saturating_sub(i64::try_from(older_than.as_secs()).unwrap_or(i64::MAX));
+        let cutoff = crate::rotation::clock::now()
+            .timestamp()
+            .saturating_sub(i64::try_from(older_than.as_secs()).unwrap_or(i64::MAX));
         let orphans: Vec<&Account> = accounts
             .iter()
             .filter(|a| self.is_named_for(key, &a.name) && !referenced.contains(&a.id) && a.created_at <= cutoff)
