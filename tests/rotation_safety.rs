@@ -374,17 +374,12 @@ async fn rotating_agents_with_lost_answers_count_each_promotion_once_and_never_u
         watch(&mut ever_current, &mut observations, live);
         tokio::time::sleep(Duration::from_millis(40)).await;
     }
-    let settle_deadline = Instant::now() + Duration::from_secs(20);
-    let settled = loop {
-        let r = store.require(&n).await.unwrap();
-        if r.state.pending.is_none() && r.state.previous.is_none() && r.state.intent.is_none() {
-            break true;
-        }
-        if Instant::now() > settle_deadline {
-            break false;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let (store_ref, n_ref) = (&store, &n);
+    let settled = support::eventually_async(Duration::from_secs(20), || async move {
+        let r = store_ref.require(n_ref).await.unwrap();
+        r.state.pending.is_none() && r.state.previous.is_none() && r.state.intent.is_none()
+    })
+    .await;
     let rotated: f64 =
         running.iter().map(|a| scrape(&a.listen, "keysync_rotations_total", &["result=\"rotated\""])).sum();
     let seen = look(&store, "svc").await;
