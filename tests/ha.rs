@@ -6,7 +6,8 @@ mod support;
 
 use std::time::Duration;
 use support::faults::http_get;
-use support::{eventually, free_listen_addr, Agent, Cli, DevServer, Proxy};
+use support::scenario::Scenario;
+use support::{eventually, Agent, Cli, DevServer, Proxy};
 
 fn dead_address() -> String {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -68,19 +69,9 @@ async fn run_started_while_vault_is_down_waits_not_ready_then_renders() {
         .unwrap();
     let proxy = Proxy::start(&server.addr).await;
     proxy.set_down(true);
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let listen = free_listen_addr();
-    let config = d.join("keysync.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[vault]\ntimeout = \"2s\"\n[agent]\npoll_interval = \"1s\"\nlisten = \"{listen}\"\n[[keys.openai.sinks]]\npath = \"{}/openai.key\"\n",
-            d.display()
-        ),
-    )
-    .unwrap();
-    let mut agent = Agent::start(&config, &proxy.addr, &server.root_token, &["run"], d);
+    let sc = Scenario::new(&server).via(&proxy.addr).toml("[vault]\ntimeout = \"2s\"").sink("openai", "openai.key");
+    let (d, listen) = (sc.d(), sc.listen.clone().unwrap());
+    let mut agent = sc.run();
     assert!(
         eventually(Duration::from_secs(10), || http_get(&listen, "/readyz").0 == 503).await,
         "the agent serves /readyz (not ready) while it waits: {}",
@@ -91,7 +82,9 @@ async fn run_started_while_vault_is_down_waits_not_ready_then_renders() {
         "{}",
         agent.log_text()
     );
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // It tries again (after 1 s, then 2 s) instead of exiting.
+    let waits = || agent.log_text().matches("Vault is not available yet; waiting").count();
+    assert!(eventually(Duration::from_secs(10), || waits() >= 3).await, "{}", agent.log_text());
     assert!(agent.child.try_wait().unwrap().is_none(), "run did not exit: {}", agent.log_text());
     assert!(!d.join("openai.key").exists());
     let (_, why) = http_get(&listen, "/readyz");

@@ -12,6 +12,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
+use support::scenario::Scenario;
 use support::{eventually, free_listen_addr, Agent, DevServer};
 
 fn repo() -> PathBuf {
@@ -311,22 +312,16 @@ async fn a_real_scrape_passes_promtool_and_metric_values_follow_real_events() {
     put(&writer, "odd", "sk-metrics-odd-0123456789abc", &[("expires_at", "next tuesday")]).await;
     let promoted = chrono::Utc::now().timestamp() as f64;
 
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let listen = free_listen_addr();
+    let sc = Scenario::new(&server)
+        .token(&token)
+        .agent("rotate = true")
+        .agent("rotation_check_interval = \"1s\"")
+        .agent("unready_after_sink_failures = 0");
+    let (d, listen) = (sc.d().to_path_buf(), sc.listen.clone().unwrap());
     // The glm sink's path is a directory: every render of it fails.
     std::fs::create_dir_all(d.join("out/glm.key")).unwrap();
-    let config = d.join("keysync.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[agent]
-poll_interval = "1s"
-listen = "{listen}"
-rotate = true
-rotation_check_interval = "1s"
-unready_after_sink_failures = 0
-
+    let sc = sc.toml(
+        r#"
 [keys.openai.provider]
 type = "generate"
 [keys.openai.rotation]
@@ -334,7 +329,7 @@ interval = "1h"
 max_age = "2h"
 validate = false
 [[keys.openai.sinks]]
-path = "{0}/out/openai.key"
+path = "{dir}/out/openai.key"
 
 [keys.glm.provider]
 type = "manual"
@@ -342,16 +337,13 @@ type = "manual"
 interval = "30d"
 validate = false
 [[keys.glm.sinks]]
-path = "{0}/out/glm.key"
+path = "{dir}/out/glm.key"
 
 [[keys.odd.sinks]]
-path = "{0}/out/odd.key"
+path = "{dir}/out/odd.key"
 "#,
-            d.display()
-        ),
-    )
-    .unwrap();
-    let agent = Agent::start(&config, &server.addr, &token, &["run"], d);
+    );
+    let agent = sc.run();
     let scrape = || http_get(&listen, "/metrics").1;
     let failed = "keysync_sink_render_total{sink=\"".to_string() + &d.join("out/glm.key").display().to_string();
     let failed = failed + "\",result=\"failed\"}";
@@ -424,8 +416,9 @@ path = "{0}/out/odd.key"
     assert!(!m.contains("# EOF") && m.contains("# TYPE keysync_sink_render_total counter\n"), "{m}");
 
     // A real rotation (by the CLI, with the same config): the agent's metrics follow it.
-    let mut cli = support::Cli::new(&server, &server.root_token, d);
+    let mut cli = sc.cli();
     cli.secrets.extend(["sk-metrics-openai-0123456789".to_string(), token.clone()]);
+    let config = sc.path("keysync.toml");
     cli.ok(&["--config", config.to_str().unwrap(), "rotate", "openai", "--force", "--reason", "metrics test"]);
     let rotated = chrono::Utc::now().timestamp() as f64;
     assert!(
@@ -459,7 +452,7 @@ path = "{0}/out/odd.key"
     std::fs::remove_dir(d.join("out/glm.key")).unwrap();
     assert!(eventually(Duration::from_secs(5), || std::fs::read_to_string(d.join("out/glm.key")).is_ok()).await);
     let settled = sample(&scrape(), &failed).unwrap();
-    tokio::time::sleep(Duration::from_millis(2500)).await; // two polls without a failure
+    sc.next_passes(2).await; // a whole poll without a failure
     assert_eq!(sample(&scrape(), &failed), Some(settled));
 }
 

@@ -78,9 +78,9 @@ async fn many_rotating_agents_make_exactly_one_new_version_per_due_key() {
         let Ok(v) = serde_json::from_str::<Value>(&text) else { return false };
         names.iter().all(|n| v[n]["version"] == 2)
     };
-    let deadline = Instant::now() + Duration::from_secs(if report::full() { 300 } else { 120 });
-    while !(0..agents).all(rendered_v2) {
-        if Instant::now() > deadline {
+    let timeout = Duration::from_secs(if report::full() { 300 } else { 120 });
+    if !support::eventually(timeout, || (0..agents).all(rendered_v2)).await {
+        {
             let mut why = String::new();
             let index = store.kv().index().read().await.unwrap();
             for a in 0..agents {
@@ -99,11 +99,11 @@ async fn many_rotating_agents_make_exactly_one_new_version_per_due_key() {
             }
             panic!("not every agent rendered v2 of every key in time:\n{why}\n{}", logs(&children));
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let converged = t0.elapsed().as_secs_f64();
-    // A few more rotation checks by every agent: nothing may happen any more.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Two more rotation rounds by every agent (each checks every key): nothing may happen any more.
+    let all: Vec<&support::Agent> = children.iter().collect();
+    assert!(support::wait_rotation_checks(&all, 2 * keys, Duration::from_secs(30)).await, "{}", logs(&children));
     let all_logs = logs(&children);
     drop(children);
 

@@ -13,6 +13,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
+use support::clock::TestClock;
 use support::fake_openai::{self, Shared};
 use support::faults::Reader;
 use support::{eventually, report, unique, Agent, Cli, DevServer};
@@ -89,7 +90,8 @@ async fn setup(server: &DevServer, cli: &Cli, base: &str, fake: &Shared, dir: &P
         .run_with_stdin(&["--config", &cfg, "put", &key, "--field", &format!("key_id={id}")], first.api_key.expose());
     assert_eq!(code, 0, "{stderr}");
     let sink = dir.join(format!("out/{key}.key"));
-    let agent = Agent::start(&cfg_path, &server.addr, &server.root_token, &["run"], dir);
+    // On the CLI's clock (the test's virtual clock), like every keysync process of the test.
+    let agent = Agent::start_env(&cfg_path, &server.addr, &server.root_token, &["run"], dir, &cli.env);
     let want = first.api_key.expose().to_string();
     assert!(
         eventually(Duration::from_secs(10), || std::fs::read_to_string(&sink).is_ok_and(|t| t.trim() == want)).await,
@@ -124,7 +126,9 @@ async fn a_rotation_killed_at_every_step_boundary_resumes_to_exactly_one_promoti
     let (base, fake) = fake_openai::start().await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("admin.key"), fake_openai::ADMIN_KEY).unwrap();
-    let mut cli = Cli::new(&server, &server.root_token, dir.path());
+    // Grace and adopt_after pass on a virtual clock (tests/support/clock.rs).
+    let clock = TestClock::new();
+    let mut cli = Cli::new(&server, &server.root_token, dir.path()).on_clock(&clock);
     cli.secrets = vec![fake_openai::ADMIN_KEY.into(), "secretpart".into()];
     let mut total_reads = 0u64;
     let started = Instant::now();
@@ -139,7 +143,7 @@ async fn a_rotation_killed_at_every_step_boundary_resumes_to_exactly_one_promoti
             match *point {
                 "after_revoke_previous" => {
                     cli.ok(&["--config", &r.cfg, "rotate", key, "--force"]);
-                    tokio::time::sleep(Duration::from_millis(GRACE_SECS * 1000 + 300)).await;
+                    clock.advance(Duration::from_millis(GRACE_SECS * 1000 + 300)).await;
                     crash(&cli, &r.cfg, key, point, false);
                     assert!(!live_accounts(&fake, key).contains(&v1_id), "{ctx}: the crash came after the revocation");
                 }
@@ -152,7 +156,7 @@ async fn a_rotation_killed_at_every_step_boundary_resumes_to_exactly_one_promoti
             // Versions written by a crashed keysync are adopted once older than adopt_after
             // (1 s), orphaned accounts once older than that at the provider (whole seconds).
             if matches!(*point, "after_mint" | "put_after_data") {
-                tokio::time::sleep(Duration::from_millis(2100)).await;
+                clock.advance(Duration::from_millis(2100)).await;
             }
             // Before anything is stored a rerun must start over (forced, as the crashed run
             // was); after that, a plain run must finish the crashed rotation, not start another.

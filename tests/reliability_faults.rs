@@ -14,7 +14,8 @@ use keysync::store::{KeyData, KeyName, KeyStore, PutOptions};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use support::faults::{http_get, scrape, FaultProxy, Mode, Reader};
-use support::{eventually, free_listen_addr, report, Agent, Cli, DevServer};
+use support::scenario::Scenario;
+use support::{eventually, report, Cli, DevServer};
 
 async fn put(store: &KeyStore, name: &str, key: &str) {
     let opts = PutOptions { promote: true, reason: "test".into(), keep_fields: true };
@@ -35,22 +36,11 @@ async fn steady_outage(mode: Mode, label: &str) {
     let server = DevServer::start();
     let writer = support::key_store(&server, &server.root_token, Duration::from_secs(3600), "test-writer").await;
     let proxy = FaultProxy::start(&server.addr).await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+    let sc = Scenario::new(&server).via(&proxy.addr).toml("[vault]\ntimeout = \"2s\"").sink("openai", "openai.key");
     let (v1, v2) = ("sk-outage-one-1111111111111111", "sk-outage-two-2222222222222222-longer");
     put(&writer, "openai", v1).await;
-    let listen = free_listen_addr();
-    let config = d.join("keysync.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[agent]\npoll_interval = \"1s\"\nlisten = \"{listen}\"\n[vault]\ntimeout = \"2s\"\n[[keys.openai.sinks]]\npath = \"{}/openai.key\"\n",
-            d.display()
-        ),
-    )
-    .unwrap();
-    let key_file = d.join("openai.key");
-    let agent = Agent::start(&config, &proxy.addr, &server.root_token, &["run"], d);
+    let (key_file, listen) = (sc.path("openai.key"), sc.listen.clone().unwrap());
+    let agent = sc.run();
     assert!(eventually(Duration::from_secs(10), || read(&key_file).trim() == v1).await, "{}", agent.log_text());
     let reader = Reader::start(key_file.clone(), move |t| t == format!("{v1}\n") || t == format!("{v2}\n"));
 
@@ -127,20 +117,15 @@ async fn a_slow_server_delays_renders_but_never_breaks_them() {
     let server = DevServer::start();
     let writer = support::key_store(&server, &server.root_token, Duration::from_secs(3600), "test-writer").await;
     let proxy = FaultProxy::start(&server.addr).await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+    let sc = Scenario::new(&server)
+        .via(&proxy.addr)
+        .poll("500ms")
+        .no_listen()
+        .toml("[vault]\ntimeout = \"2s\"")
+        .sink("k", "k.key");
     put(&writer, "k", "sk-slow-0000-xxxxxxxxxxxxxxxx").await;
-    let config = d.join("keysync.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[agent]\npoll_interval = \"500ms\"\nlisten = \"off\"\n[vault]\ntimeout = \"2s\"\n[[keys.k.sinks]]\npath = \"{}/k.key\"\n",
-            d.display()
-        ),
-    )
-    .unwrap();
-    let key_file = d.join("k.key");
-    let agent = Agent::start(&config, &proxy.addr, &server.root_token, &["run"], d);
+    let key_file = sc.path("k.key");
+    let agent = sc.run();
     assert!(eventually(Duration::from_secs(10), || read(&key_file).starts_with("sk-slow-0000")).await);
     let reader = Reader::start(key_file.clone(), |t| {
         t.len() == "sk-slow-0000-xxxxxxxxxxxxxxxx\n".len() && t.starts_with("sk-slow-") && t.ends_with("x\n")
@@ -178,8 +163,14 @@ async fn an_outage_in_the_middle_of_a_rotation_loses_nothing_and_orphans_nothing
     let secs = report::scale(8, 60) as u64;
     let server = DevServer::start();
     let proxy = FaultProxy::start(&server.addr).await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+    let sc = Scenario::new(&server)
+        .via(&proxy.addr)
+        .agent("rotate = true")
+        .agent("rotation_check_interval = \"1s\"")
+        .config_name("agent.toml")
+        .toml("[vault]\ntimeout = \"2s\"");
+    let dir = sc.d().to_path_buf();
+    let d = dir.as_path();
     let dd = d.display();
     let cli = Cli::new(&server, &server.root_token, d);
     // The first mint blocks until the test has cut Vault off: the rotation is mid-flight.
@@ -189,17 +180,11 @@ async fn an_outage_in_the_middle_of_a_rotation_loses_nothing_and_orphans_nothing
          printf '{{\"api_key\": \"sk-mid-%s-xxxxxxxxxxxxxxxx\", \"key_id\": \"id-%s\"}}' $n $n"
     );
     let revoke = format!("echo $KEYSYNC_KEY_ID >> {dd}/revoked");
-    let listen = free_listen_addr();
-    let config = d.join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[agent]\npoll_interval = \"1s\"\nlisten = \"{listen}\"\nrotate = true\nrotation_check_interval = \"1s\"\n[vault]\ntimeout = \"2s\"\n\
-             [keys.svc.provider]\ntype = \"command\"\ncommand = [\"sh\", \"-c\", {mint:?}]\nrevoke_command = [\"sh\", \"-c\", {revoke:?}]\n\
-             [keys.svc.rotation]\ninterval = \"30d\"\n[[keys.svc.sinks]]\npath = \"{dd}/svc.key\"\n"
-        ),
-    )
-    .unwrap();
+    let listen = sc.listen.clone().unwrap();
+    let sc = sc.toml(&format!(
+        "[keys.svc.provider]\ntype = \"command\"\ncommand = [\"sh\", \"-c\", {mint:?}]\nrevoke_command = [\"sh\", \"-c\", {revoke:?}]\n\
+         [keys.svc.rotation]\ninterval = \"30d\"\n[[keys.svc.sinks]]\npath = \"{dd}/svc.key\"\n"
+    ));
     // Expired: due at once.
     let (code, _, stderr) = cli.run_with_stdin(
         &["put", "svc", "--field", "expires_at=2000-01-01T00:00:00Z", "--field", "owner=team-a"],
@@ -207,7 +192,7 @@ async fn an_outage_in_the_middle_of_a_rotation_loses_nothing_and_orphans_nothing
     );
     assert_eq!(code, 0, "{stderr}");
     let key_file = d.join("svc.key");
-    let agent = Agent::start(&config, &proxy.addr, &server.root_token, &["run"], d);
+    let agent = sc.run();
     assert!(
         eventually(Duration::from_secs(15), || d.join("minting").exists() && read(&key_file).starts_with("sk-mid-0-"))
             .await,
@@ -247,7 +232,7 @@ async fn an_outage_in_the_middle_of_a_rotation_loses_nothing_and_orphans_nothing
     );
     let caught_up = t0.elapsed().as_secs_f64();
     // Let a few more rotation checks pass: nothing else may happen.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(support::wait_rotation_checks(&[&agent], 3, Duration::from_secs(15)).await, "{}", agent.log_text());
     let stats = reader.finish();
     drop(agent);
 

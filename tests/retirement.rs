@@ -20,8 +20,10 @@ use serde_json::Value;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use support::clock::TestClock;
 use support::faults::scrape;
-use support::{eventually, free_listen_addr, report, Agent, DevServer};
+use support::scenario::Scenario;
+use support::{eventually, eventually_async, free_listen_addr, report, Agent, DevServer};
 
 async fn put(store: &KeyStore, name: &str, key: &str, fields: &[(&str, &str)]) {
     let opts = PutOptions { promote: true, reason: "test".into(), keep_fields: true };
@@ -49,10 +51,11 @@ struct PipedAgent {
 }
 
 impl PipedAgent {
-    fn start(config: &Path, addr: &str, token: &str, id: &str) -> PipedAgent {
+    fn start(config: &Path, addr: &str, token: &str, id: &str, clock: &TestClock) -> PipedAgent {
         support::leak::register(token);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_keysync"));
         cmd.args(["--config", config.to_str().unwrap(), "--log-level", "debug", "run"])
+            .envs([clock.env()])
             .env("VAULT_ADDR", addr)
             .env("VAULT_TOKEN", token)
             .env("KEYSYNC_AGENT_ID", id)
@@ -118,15 +121,18 @@ async fn ack(admin: &support::Admin, id: &str) -> Value {
 
 /// Waits until `cond` holds for agent `id`'s report; returns the report.
 async fn wait_ack(admin: &support::Admin, id: &str, timeout: Duration, cond: impl Fn(&Value) -> bool) -> Option<Value> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
+    let found = std::sync::Mutex::new(None);
+    let (slot, cond) = (&found, &cond);
+    eventually_async(timeout, || async move {
         let a = ack(admin, id).await;
-        if cond(&a) {
-            return Some(a);
+        let hit = cond(&a);
+        if hit {
+            *slot.lock().unwrap() = Some(a);
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    None
+        hit
+    })
+    .await;
+    found.into_inner().unwrap()
 }
 
 /// Puts `alpha` = `a` and, 30 ms after starting that, `beta` = `b`; returns how far apart the
@@ -151,14 +157,17 @@ async fn change_both(writer: &KeyStore, a: &str, b: &str) -> Duration {
 
 /// The id of the (only) agent that reports to this server.
 async fn agent_id(admin: &support::Admin) -> Option<String> {
-    for _ in 0..200 {
+    let found = std::sync::Mutex::new(None);
+    let slot = &found;
+    eventually_async(Duration::from_secs(10), || async move {
         let (_, list) = admin.try_read("secret/metadata/keysync/_acks?list=true").await;
-        if let Some(name) = list["data"]["keys"][0].as_str() {
-            return Some(name.to_string());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    None
+        let name = list["data"]["keys"][0].as_str().map(str::to_string);
+        let hit = name.is_some();
+        *slot.lock().unwrap() = name;
+        hit
+    })
+    .await;
+    found.into_inner().unwrap()
 }
 
 fn sink_of(ack: &Value, key: &str) -> Value {
@@ -219,8 +228,10 @@ validate = false
         ),
     )
     .unwrap();
-    let agent_a = PipedAgent::start(&config_a, &server.addr, &server.root_token, "agent-a");
-    let agent_b = PipedAgent::start(&config_b, &server.addr, &server.root_token, "agent-b");
+    // Grace and max_hold pass on a virtual clock shared by both agents and the CLI.
+    let clock = TestClock::new();
+    let agent_a = PipedAgent::start(&config_a, &server.addr, &server.root_token, "agent-a", &clock);
+    let agent_b = PipedAgent::start(&config_b, &server.addr, &server.root_token, "agent-b", &clock);
     for id in ["agent-a", "agent-b"] {
         assert!(
             wait_ack(&admin, id, Duration::from_secs(15), |a| a["keys"]["gw"] == fp1.as_str()).await.is_some(),
@@ -232,7 +243,7 @@ validate = false
 
     // B's disk "fills up": every write fails from now on. Then the key rotates.
     agent_b.set_fsize_limit(Some(1));
-    let cli = support::Cli::new(&server, &server.root_token, d);
+    let cli = support::Cli::new(&server, &server.root_token, d).on_clock(&clock);
     let cfg = config_a.display().to_string();
     cli.ok(&["--config", &cfg, "rotate", "gw", "--force"]);
     let status = cli.json(&["status", "gw"]);
@@ -241,9 +252,9 @@ validate = false
     // Stored with whole seconds: the reference for every timing below.
     let grace_until: chrono::DateTime<chrono::Utc> =
         status[0]["previous"]["grace_until"].as_str().unwrap().parse().expect("grace_until");
-    let since_grace_end = || (chrono::Utc::now() - grace_until).to_std().ok();
+    let since_grace_end = || (clock.now() - grace_until).to_std().ok();
     let promoted_at = grace_until - chrono::Duration::seconds(grace as i64);
-    let since_promotion = || (chrono::Utc::now() - promoted_at).to_std().unwrap_or_default();
+    let since_promotion = || (clock.now() - promoted_at).to_std().unwrap_or_default();
 
     // B reports its failed sink, still holding v1; A reports v2.
     let b_ack = wait_ack(&admin, "agent-b", Duration::from_secs(10), |a| sink_of(a, "gw")["error"].is_string()).await;
@@ -254,6 +265,7 @@ validate = false
     assert!(since_grace_end().is_none(), "the test needs the failure reported within grace");
 
     // Grace ends: retirement is held by agent-b, the previous key is not revoked.
+    clock.advance(Duration::from_secs(grace)).await;
     let held = || scrape(&listen, "keysync_retirement_held", &["key=\"gw\""]) == 1.0;
     assert!(eventually(Duration::from_secs(grace + 5), held).await, "never held\n{}", agent_a.log_text());
     let held_at = since_promotion();
@@ -282,6 +294,7 @@ validate = false
     assert_eq!(scrape(&listen, "keysync_key_consumers", &["key=\"gw\"", "state=\"current\""]), 1.0);
 
     // max_hold runs out: retired (and revoked) anyway, and everything says why.
+    clock.advance(Duration::from_secs(max_hold)).await;
     let retired =
         eventually(Duration::from_secs(grace + max_hold + 10), || read(&revoked).contains("id-initial")).await;
     assert!(retired, "never forced\n{}", agent_a.log_text());
@@ -296,14 +309,8 @@ validate = false
         .await
     );
     assert_eq!(scrape(&listen, "keysync_retirement_held", &["key=\"gw\""]), 0.0);
-    let mut status = cli.json(&["status", "gw"]);
-    for _ in 0..50 {
-        if status[0]["forced_retirement"].is_string() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        status = cli.json(&["status", "gw"]);
-    }
+    eventually(Duration::from_secs(5), || cli.json(&["status", "gw"])[0]["forced_retirement"].is_string()).await;
+    let status = cli.json(&["status", "gw"]);
     assert!(status[0]["previous"].is_null(), "{status:#}");
     let note = status[0]["forced_retirement"].as_str().unwrap_or_default().to_string();
     assert!(
@@ -319,7 +326,10 @@ validate = false
     assert!(wait_ack(&admin, "agent-b", Duration::from_secs(10), |a| a["keys"]["gw"] == fp2.as_str()).await.is_some());
     report::record(
         "Retirement",
-        "an agent's sink cannot be written (RLIMIT_FSIZE) across a rotation; grace 3 s, max_hold 8 s",
+        &format!(
+            "an agent's sink cannot be written (RLIMIT_FSIZE) across a rotation; grace 3 s, max_hold 8 s{}",
+            if support::clock::VIRTUAL { " (virtual clock: times below are keysync's)" } else { "" }
+        ),
         1,
         &format!(
             "previous key kept and not revoked while held (hold seen at {:.1} s); retired and revoked at {:.1} s \
@@ -422,25 +432,17 @@ grace = "1h"
 async fn two_keys_changed_together_run_their_shared_hook_once() {
     let server = DevServer::start();
     let writer = support::key_store(&server, &server.root_token, Duration::from_secs(3600), "test-writer").await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
     put(&writer, "alpha", "sk-burst-alpha-0-aaaaaaaaaaaaaaaa", &[]).await;
     put(&writer, "beta", "sk-burst-beta-0-bbbbbbbbbbbbbbbbb", &[]).await;
-    let log = d.join("hook.log");
-    let hook =
-        format!("command = [\"sh\", \"-c\", \"echo \\\"$KEYSYNC_KEYS\\\" >> {}\"]\nwait_min = \"1s\"\n", log.display());
-    let config = d.join("keysync.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[agent]\npoll_interval = \"200ms\"\nlisten = \"off\"\n\
-             [[keys.alpha.sinks]]\npath = \"{d}/alpha.key\"\n[keys.alpha.on_change]\n{hook}\
-             [[keys.beta.sinks]]\npath = \"{d}/beta.key\"\n[keys.beta.on_change]\n{hook}",
-            d = d.display()
-        ),
-    )
-    .unwrap();
-    let agent = Agent::start(&config, &server.addr, &server.root_token, &["run"], d);
+    let hook = "command = [\"sh\", \"-c\", \"echo \\\"$KEYSYNC_KEYS\\\" >> {dir}/hook.log\"]\nwait_min = \"1s\"\n";
+    let sc = Scenario::new(&server)
+        .poll("200ms")
+        .sink("alpha", "alpha.key")
+        .toml(&format!("[keys.alpha.on_change]\n{hook}"))
+        .sink("beta", "beta.key")
+        .toml(&format!("[keys.beta.on_change]\n{hook}"));
+    let (d, log) = (sc.d(), sc.path("hook.log"));
+    let agent = sc.run();
     assert!(eventually(Duration::from_secs(10), || lines(&log).len() == 1).await, "{}", agent.log_text());
     assert_eq!(lines(&log), ["alpha beta"], "the first render of both keys runs the hook once");
     let runs = support::report::scale(3, 20);
@@ -455,8 +457,9 @@ async fn two_keys_changed_together_run_their_shared_hook_once() {
         );
         assert_eq!(read(&d.join("alpha.key")).trim(), a);
         assert_eq!(read(&d.join("beta.key")).trim(), b);
-        // No second run: wait out wait_min and two polls after the first one.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // No second run: past wait_min (on the agent's clock) and one whole poll after that.
+        sc.advance(Duration::from_millis(1500)).await;
+        sc.next_passes(2).await;
         assert_eq!(lines(&log).len(), i + 1, "run {i}: the shared hook ran more than once: {:?}", lines(&log));
         assert_eq!(lines(&log).last().map(String::as_str), Some("alpha beta"));
     }
@@ -476,24 +479,18 @@ async fn two_keys_changed_together_restart_an_exec_child_once() {
     let server = DevServer::start();
     let admin = server.admin();
     let writer = support::key_store(&server, &server.root_token, Duration::from_secs(3600), "test-writer").await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
     put(&writer, "alpha", "sk-exec-alpha-0-aaaaaaaaaaaaaaaaa", &[]).await;
     put(&writer, "beta", "sk-exec-beta-0-bbbbbbbbbbbbbbbbbb", &[]).await;
-    let starts = d.join("starts.log");
-    let config = d.join("keysync.toml");
-    std::fs::write(
-        &config,
-        "[agent]\npoll_interval = \"200ms\"\nlisten = \"off\"\nreport_renders = true\n\
-         [exec]\nenv = { ALPHA_KEY = \"alpha\", BETA_KEY = \"beta\" }\nwait_min = \"1s\"\nkill_timeout = \"2s\"\n",
-    )
-    .unwrap();
+    let sc = Scenario::new(&server).poll("200ms").agent("report_renders = true").toml(
+        "[exec]\nenv = { ALPHA_KEY = \"alpha\", BETA_KEY = \"beta\" }\nwait_min = \"1s\"\nkill_timeout = \"2s\"\n",
+    );
+    let starts = sc.path("starts.log");
     // The child records a hash of the keys it started with (never the keys themselves).
     let script = format!(
         "printf '%s %s' \"$ALPHA_KEY\" \"$BETA_KEY\" | sha256sum | cut -c1-16 >> {}; exec sleep 600",
         starts.display()
     );
-    let agent = Agent::start(&config, &server.addr, &server.root_token, &["exec", "--", "sh", "-c", &script], d);
+    let agent = sc.start(&["exec", "--", "sh", "-c", &script]);
     let hash = |a: &str, b: &str| {
         let out = Command::new("sh")
             .args(["-c", "printf '%s %s' \"$1\" \"$2\" | sha256sum | cut -c1-16", "sh", a, b])
@@ -512,7 +509,9 @@ async fn two_keys_changed_together_restart_an_exec_child_once() {
             "run {i}: child not restarted\n{}",
             agent.log_text()
         );
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // No second restart: past wait_min (on the agent's clock) and one whole poll after that.
+        sc.advance(Duration::from_millis(1500)).await;
+        sc.next_passes(2).await;
         assert_eq!(lines(&starts).len(), i + 1, "run {i}: the child restarted more than once");
         assert_eq!(lines(&starts).last().cloned(), Some(hash(&a, &b)), "run {i}: restarted without both new keys");
         // The report names what the running child holds: the new keys, after the restart.
@@ -560,49 +559,37 @@ async fn an_agent_that_stopped_reporting_does_not_hold_retirement() {
         ),
     )
     .unwrap();
-    let mut agent = PipedAgent::start(&config, &server.addr, &server.root_token, "agent-gone");
+    let clock = TestClock::new();
+    let mut agent = PipedAgent::start(&config, &server.addr, &server.root_token, "agent-gone", &clock);
     assert!(
         wait_ack(&admin, "agent-gone", Duration::from_secs(10), |a| a["keys"]["gw"] == fp1.as_str()).await.is_some(),
         "{}",
         agent.log_text()
     );
     agent.set_fsize_limit(Some(1));
-    let cli = support::Cli::new(&server, &server.root_token, d);
+    let cli = support::Cli::new(&server, &server.root_token, d).on_clock(&clock);
     let cfg = config.display().to_string();
     cli.ok(&["--config", &cfg, "rotate", "gw", "--force"]);
     let failed =
         wait_ack(&admin, "agent-gone", Duration::from_secs(10), |a| sink_of(a, "gw")["error"].is_string()).await;
     assert!(failed.is_some(), "{}", agent.log_text());
     // Grace (1 s) over, the agent still holds v1: held.
-    let mut consumers;
-    let held = {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            consumers = cli.json(&["--config", &cfg, "status", "gw", "--consumers"]);
-            if consumers["retirement"]["state"] == "held" || Instant::now() > deadline {
-                break consumers["retirement"]["state"] == "held";
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    };
-    assert!(held, "{consumers:#}");
+    clock.advance(Duration::from_secs(1)).await;
+    let consumers = || cli.json(&["--config", &cfg, "status", "gw", "--consumers"]);
+    let held = eventually(Duration::from_secs(5), || consumers()["retirement"]["state"] == "held").await;
+    assert!(held, "{:#}", consumers());
     cli.ok(&["--config", &cfg, "rotate", "gw"]);
     assert_eq!(cli.json(&["status", "gw"])[0]["previous"]["version"], 1, "retired while a fresh agent holds it");
 
     // The agent dies: once its report is older than ack_ttl it no longer counts.
     let _ = agent.child.kill();
     let _ = agent.child.wait();
-    let died = Instant::now();
-    let mut retired_after = None;
-    while died.elapsed() < Duration::from_secs(ack_ttl + 10) {
-        cli.ok(&["--config", &cfg, "rotate", "gw"]);
-        if cli.json(&["status", "gw"])[0]["previous"].is_null() {
-            retired_after = Some(died.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let retired_after = retired_after.expect("a silent agent still holds retirement");
+    // Its last report ages past ack_ttl (on the shared clock): the next check retires the key.
+    let died = clock.now();
+    clock.advance(Duration::from_secs(ack_ttl + 1)).await;
+    cli.ok(&["--config", &cfg, "rotate", "gw"]);
+    assert!(cli.json(&["status", "gw"])[0]["previous"].is_null(), "a silent agent still holds retirement");
+    let retired_after = (clock.now() - died).to_std().unwrap_or_default();
     let status = cli.json(&["status", "gw"]);
     assert!(status[0]["forced_retirement"].is_null(), "retired by the rule, not forced: {status:#}");
     let consumers = cli.json(&["--config", &cfg, "status", "gw", "--consumers"]);
@@ -623,8 +610,8 @@ async fn an_agent_that_stopped_reporting_does_not_hold_retirement() {
 async fn different_hooks_signalling_one_pid_signal_it_once_per_burst() {
     let server = DevServer::start();
     let writer = support::key_store(&server, &server.root_token, Duration::from_secs(3600), "test-writer").await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+    let sc = Scenario::new(&server).poll("200ms");
+    let d = sc.d();
     put(&writer, "alpha", "sk-signal-alpha-0-aaaaaaaaaaaaaaa", &[]).await;
     put(&writer, "beta", "sk-signal-beta-0-bbbbbbbbbbbbbbbb", &[]).await;
     let (pid_file, signals, runs) = (d.join("app.pid"), d.join("signals.log"), d.join("runs.log"));
@@ -643,20 +630,13 @@ async fn different_hooks_signalling_one_pid_signal_it_once_per_burst() {
             pid_file.display()
         )
     };
-    let config = d.join("keysync.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[agent]\npoll_interval = \"200ms\"\nlisten = \"off\"\n\
-             [[keys.alpha.sinks]]\npath = \"{d}/alpha.key\"\n[keys.alpha.on_change]\n{}\
-             [[keys.beta.sinks]]\npath = \"{d}/beta.key\"\n[keys.beta.on_change]\n{}",
-            hook("alpha", "1s"),
-            hook("beta", "1500ms"),
-            d = d.display()
-        ),
-    )
-    .unwrap();
-    let agent = Agent::start(&config, &server.addr, &server.root_token, &["run"], d);
+    let (alpha_hook, beta_hook) = (hook("alpha", "1s"), hook("beta", "1500ms"));
+    let sc = sc
+        .sink("alpha", "alpha.key")
+        .toml(&format!("[keys.alpha.on_change]\n{alpha_hook}"))
+        .sink("beta", "beta.key")
+        .toml(&format!("[keys.beta.on_change]\n{beta_hook}"));
+    let agent = sc.run();
     let both_ran = |n: usize| {
         let l = lines(&runs);
         l.iter().filter(|x| *x == "alpha").count() == n && l.iter().filter(|x| *x == "beta").count() == n
@@ -669,8 +649,10 @@ async fn different_hooks_signalling_one_pid_signal_it_once_per_burst() {
         tokio::time::sleep(Duration::from_millis(30)).await;
         put(&writer, "beta", &format!("sk-signal-beta-{i}-bbbbbbbbbbbbbbbb"), &[]).await;
         assert!(eventually(Duration::from_secs(10), || both_ran(i + 1)).await, "burst {i}\n{}", agent.log_text());
-        // Both windows are over well within 2 s; a second signal would have arrived by then.
-        tokio::time::sleep(Duration::from_millis(2000)).await;
+        // Both windows are over 2 s later (on the agent's clock); a second signal would have
+        // been sent by the whole poll after that.
+        sc.advance(Duration::from_millis(2000)).await;
+        sc.next_passes(2).await;
         assert!(both_ran(i + 1), "burst {i}: a hook ran twice: {:?}", lines(&runs));
         assert_eq!(lines(&signals).len(), i + 1, "burst {i}: the app was signalled more than once");
     }

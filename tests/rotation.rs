@@ -5,6 +5,7 @@ mod support;
 
 use std::path::Path;
 use std::time::Duration;
+use support::clock::TestClock;
 use support::{fake_openai, Cli, DevServer};
 
 /// Writes the rotation config beside (not as) the working directory's keysync.toml, so the
@@ -19,7 +20,8 @@ fn config(dir: &Path, body: &str) -> String {
 async fn generate_rotation_promotes_keeps_previous_in_grace_then_retires_it() {
     let server = DevServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let cli = Cli::new(&server, &server.root_token, dir.path());
+    let clock = TestClock::new(); // grace and intervals pass by advancing it
+    let cli = Cli::new(&server, &server.root_token, dir.path()).on_clock(&clock);
     let cfg = config(
         dir.path(),
         "[keys.gateway.provider]\ntype = \"generate\"\nprefix = \"sk-gw-\"\nlength = 40\n[keys.gateway.rotation]\ninterval = \"7d\"\ngrace = \"2s\"\n",
@@ -35,7 +37,7 @@ async fn generate_rotation_promotes_keeps_previous_in_grace_then_retires_it() {
     assert_eq!(status[0]["previous"]["version"], 1);
     let key = cli.ok(&["get", "gateway", "--reveal"]);
     assert!(key.starts_with("sk-gw-") && key.trim().len() == 46, "{key}");
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    clock.advance(Duration::from_millis(2500)).await;
     cli.json(&["--config", &cfg, "rotate", "gateway"]);
     let status = cli.json(&["status", "gateway"]);
     assert!(status[0]["previous"].is_null(), "previous retired after grace: {status}");
@@ -47,7 +49,8 @@ async fn command_rotation_revokes_the_previous_key_after_grace() {
     let server = DevServer::start();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display();
-    let cli = Cli::new(&server, &server.root_token, dir.path());
+    let clock = TestClock::new(); // grace and intervals pass by advancing it
+    let cli = Cli::new(&server, &server.root_token, dir.path()).on_clock(&clock);
     let mint = format!(
         "n=$(cat {d}/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > {d}/n; printf '{{\"api_key\": \"sk-cmd-%s-xxxxxxxxxxxxxxxx\", \"key_id\": \"id-%s\"}}' $n $n"
     );
@@ -60,9 +63,9 @@ async fn command_rotation_revokes_the_previous_key_after_grace() {
     );
     cli.run_with_stdin(&["put", "svc"], "sk-cmd-initial-xxxxxxxxxxxxxxxx");
     cli.ok(&["--config", &cfg, "rotate", "svc", "--force"]); // v2 = id-1
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    clock.advance(Duration::from_millis(1500)).await;
     cli.ok(&["--config", &cfg, "rotate", "svc", "--force"]); // retires v1 (no key_id), v3 = id-2
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    clock.advance(Duration::from_millis(1500)).await;
     cli.ok(&["--config", &cfg, "rotate", "svc"]); // retires v2 → revokes id-1
     let revoked = std::fs::read_to_string(dir.path().join("revoked")).unwrap_or_default();
     assert_eq!(revoked, "id-1\n", "exactly the retired key was revoked");
@@ -76,7 +79,8 @@ async fn a_key_that_fails_validation_is_never_promoted_and_is_revoked() {
     let server = DevServer::start();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display();
-    let cli = Cli::new(&server, &server.root_token, dir.path());
+    let clock = TestClock::new(); // grace and intervals pass by advancing it
+    let cli = Cli::new(&server, &server.root_token, dir.path()).on_clock(&clock);
     // A provider endpoint that refuses every key: 401, like OpenAI for a bad key.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -116,14 +120,15 @@ async fn a_key_that_fails_validation_is_never_promoted_and_is_revoked() {
 async fn three_agents_rotating_the_same_due_keys_make_one_version_each() {
     let server = DevServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let cli = Cli::new(&server, &server.root_token, dir.path());
+    let clock = TestClock::new(); // grace and intervals pass by advancing it
+    let cli = Cli::new(&server, &server.root_token, dir.path()).on_clock(&clock);
     let mut body = String::new();
     for i in 0..5 {
         cli.run_with_stdin(&["put", &format!("k{i}")], &format!("sk-race-{i}-aaaaaaaaaaaaaaaaaaaa"));
         body.push_str(&format!("[keys.k{i}.provider]\ntype = \"generate\"\n[keys.k{i}.rotation]\ninterval = \"4s\"\n"));
     }
     let cfg = config(dir.path(), &body);
-    tokio::time::sleep(Duration::from_millis(4200)).await;
+    clock.advance(Duration::from_millis(4200)).await;
     let mut children = Vec::new();
     for _ in 0..3 {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_keysync"));
@@ -131,6 +136,7 @@ async fn three_agents_rotating_the_same_due_keys_make_one_version_each() {
             .env("VAULT_ADDR", &server.addr)
             .env("VAULT_TOKEN", &server.root_token)
             .env("KEYSYNC_LOG", "trace")
+            .envs([clock.env()])
             .envs(support::test_ca().map(|ca| ("VAULT_CACERT", ca)))
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
@@ -165,7 +171,8 @@ async fn openai_rotation_mints_validates_and_deletes_retired_service_accounts() 
     let server = DevServer::start();
     let (base, accounts) = fake_openai::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut cli = Cli::new(&server, &server.root_token, dir.path());
+    let clock = TestClock::new(); // grace and intervals pass by advancing it
+    let mut cli = Cli::new(&server, &server.root_token, dir.path()).on_clock(&clock);
     cli.secrets = vec![fake_openai::ADMIN_KEY.into(), "secretpart".into()];
     std::fs::write(dir.path().join("admin.key"), fake_openai::ADMIN_KEY).unwrap();
     let cfg = config(
@@ -180,10 +187,10 @@ async fn openai_rotation_mints_validates_and_deletes_retired_service_accounts() 
     cli.run_with_stdin(&["put", "openai"], "sk-proj-handmade-xxxxxxxxxxxxxxxx");
     let out = cli.json(&["--config", &cfg, "rotate", "openai", "--force"]);
     assert_eq!(out[0]["outcome"]["result"], "rotated", "{out}");
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    clock.advance(Duration::from_millis(1300)).await;
     let out = cli.json(&["--config", &cfg, "rotate", "openai", "--force"]);
     assert_eq!(out[0]["outcome"]["version"], 3, "{out}");
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    clock.advance(Duration::from_millis(1300)).await;
     cli.json(&["--config", &cfg, "rotate", "openai"]); // grace of v2 over: retire it
     {
         let a = accounts.lock().unwrap();
@@ -203,7 +210,8 @@ async fn a_hand_put_key_that_the_provider_refuses_is_not_stored() {
     let server = DevServer::start();
     let (base, accounts) = fake_openai::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut cli = Cli::new(&server, &server.root_token, dir.path());
+    let clock = TestClock::new(); // grace and intervals pass by advancing it
+    let mut cli = Cli::new(&server, &server.root_token, dir.path()).on_clock(&clock);
     cli.secrets = vec!["sk-typo-key-xxxxxxxxxxxxxxxxxx".into()];
     let cfg = config(
         dir.path(),
@@ -237,7 +245,8 @@ async fn a_crash_right_after_minting_leaves_no_orphan_service_account() {
     let server = DevServer::start();
     let (base, accounts) = fake_openai::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let cli = Cli::new(&server, &server.root_token, dir.path());
+    let clock = TestClock::new(); // grace and intervals pass by advancing it
+    let cli = Cli::new(&server, &server.root_token, dir.path()).on_clock(&clock);
     std::fs::write(dir.path().join("admin.key"), fake_openai::ADMIN_KEY).unwrap();
     let cfg = config(
         dir.path(),
@@ -260,7 +269,7 @@ async fn a_crash_right_after_minting_leaves_no_orphan_service_account() {
     // orphans (adopt_after is 1 s), so at least the last one is still there.
     assert_eq!(accounts.lock().unwrap().accounts.len(), 3, "three accounts minted");
     assert!(accounts.lock().unwrap().accounts.values().any(|(_, d)| !d), "an orphan is live before cleanup");
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    clock.advance(Duration::from_millis(2100)).await;
     let out = cli.json(&["--config", &cfg, "rotate", "openai", "--force"]);
     assert_eq!(out[0]["outcome"]["result"], "rotated", "{out}");
     let a = accounts.lock().unwrap();
@@ -302,7 +311,8 @@ async fn a_manual_anthropic_key_is_set_inactive_after_grace() {
 
     let server = DevServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let mut cli = Cli::new(&server, &server.root_token, dir.path());
+    let clock = TestClock::new(); // grace and intervals pass by advancing it
+    let mut cli = Cli::new(&server, &server.root_token, dir.path()).on_clock(&clock);
     cli.secrets = vec!["sk-ant-admin-test-000000".into()];
     std::fs::write(dir.path().join("admin.key"), "sk-ant-admin-test-000000").unwrap();
     let cfg = config(
@@ -320,7 +330,7 @@ async fn a_manual_anthropic_key_is_set_inactive_after_grace() {
         &["--config", &cfg, "put", "claude", "--field", "key_id=apikey_02"],
         "sk-ant-api03-second-xxxxxxxxxxx",
     );
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    clock.advance(Duration::from_millis(1300)).await;
     let out = cli.json(&["--config", &cfg, "rotate", "claude"]);
     assert_eq!(out[0]["outcome"]["result"], "not_due", "manual keys are never minted: {out}");
     assert_eq!(*log.lock().unwrap(), vec!["apikey_01=inactive".to_string()], "the retired key was set inactive");
@@ -353,7 +363,8 @@ async fn undecided_validation_keeps_the_key_pending_and_backs_off() {
     });
     let server = DevServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let cli = Cli::new(&server, &server.root_token, dir.path());
+    let clock = TestClock::new(); // grace and intervals pass by advancing it
+    let cli = Cli::new(&server, &server.root_token, dir.path()).on_clock(&clock);
     let cfg = config(
         dir.path(),
         &format!("[keys.llm.provider]\ntype = \"generate\"\n[keys.llm.validation]\npreset = \"openai\"\nbase_url = \"http://127.0.0.1:{port}/v1\"\n"),
@@ -381,7 +392,8 @@ async fn a_hand_written_version_is_adopted_only_when_the_policy_says_so() {
     let server = DevServer::start();
     let admin = server.admin();
     let dir = tempfile::tempdir().unwrap();
-    let cli = Cli::new(&server, &server.root_token, dir.path());
+    let clock = TestClock::new(); // grace and intervals pass by advancing it
+    let cli = Cli::new(&server, &server.root_token, dir.path()).on_clock(&clock);
     cli.run_with_stdin(&["put", "svc"], "sk-keysync-first-xxxxxxxxxxxxxxx");
     admin
         .write("secret/data/keysync/svc", serde_json::json!({"data": {"api_key": "sk-by-hand-second-xxxxxxxxxxxxx"}}))
@@ -439,4 +451,22 @@ async fn rotate_due_rotates_keys_side_by_side_but_never_more_than_eight_at_once(
     eprintln!("most mints in flight at once: {most}");
     assert!(most <= 8, "{most} mints at once: the bound is 8");
     assert!(most >= 2, "the keys were rotated one after the other ({most} at once at most)");
+
+/// `KEYSYNC_TEST_CLOCK` moves keysync's time only in a `test-clock` build (tests, never
+/// release: src/rotation/clock.rs refuses to compile the feature without debug assertions).
+/// Eight days on, a key with a 7-day interval is due there; any other build ignores the file.
+#[tokio::test]
+async fn the_test_clock_moves_keysync_only_in_a_test_clock_build() {
+    let server = DevServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let clock = TestClock::new();
+    let cli = Cli::new(&server, &server.root_token, dir.path()).on_clock(&clock);
+    let cfg = config(dir.path(), "[keys.gw.provider]\ntype = \"generate\"\n[keys.gw.rotation]\ninterval = \"7d\"\n");
+    cli.run_with_stdin(&["put", "gw"], "sk-gw-clock-aaaaaaaaaaaaaaaaaaaaaaaa");
+    let out = cli.json(&["--config", &cfg, "rotate", "gw"]);
+    assert_eq!(out[0]["outcome"]["result"], "not_due", "{out}");
+    clock.jump_file(Duration::from_secs(8 * 24 * 3600));
+    let out = cli.json(&["--config", &cfg, "rotate", "gw"]);
+    let want = if support::clock::VIRTUAL { "rotated" } else { "not_due" };
+    assert_eq!(out[0]["outcome"]["result"], want, "test-clock feature built in: {}: {out}", support::clock::VIRTUAL);
 }

@@ -374,17 +374,12 @@ async fn rotating_agents_with_lost_answers_count_each_promotion_once_and_never_u
         watch(&mut ever_current, &mut observations, live);
         tokio::time::sleep(Duration::from_millis(40)).await;
     }
-    let settle_deadline = Instant::now() + Duration::from_secs(20);
-    let settled = loop {
-        let r = store.require(&n).await.unwrap();
-        if r.state.pending.is_none() && r.state.previous.is_none() && r.state.intent.is_none() {
-            break true;
-        }
-        if Instant::now() > settle_deadline {
-            break false;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let (store_ref, n_ref) = (&store, &n);
+    let settled = support::eventually_async(Duration::from_secs(20), || async move {
+        let r = store_ref.require(n_ref).await.unwrap();
+        r.state.pending.is_none() && r.state.previous.is_none() && r.state.intent.is_none()
+    })
+    .await;
     let rotated: f64 =
         running.iter().map(|a| scrape(&a.listen, "keysync_rotations_total", &["result=\"rotated\""])).sum();
     let seen = look(&store, "svc").await;
@@ -474,8 +469,9 @@ async fn five_agents_create_twenty_declared_absent_keys_exactly_once() {
         logs()
     );
     let converged = t0.elapsed().as_secs_f64();
-    // A few more rotation checks by every agent: nothing may happen any more.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Two more rotation rounds by every agent (each checks every key): nothing may happen any more.
+    let all: Vec<&support::Agent> = running.iter().map(|a| &a.agent).collect();
+    assert!(support::wait_rotation_checks(&all, 2 * keys, Duration::from_secs(30)).await, "{}", logs());
     for name in &names {
         let r = store.require(&KeyName::parse(name).unwrap()).await.unwrap();
         assert_eq!(r.meta.current_version, 1, "{name}: exactly one version");

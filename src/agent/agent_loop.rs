@@ -9,6 +9,7 @@
 //!
 //! Rotation runs beside the loop, never inside it (see [`super::rotation`]).
 
+use crate::rotation::clock;
 use super::exec::{self, ExecSpec};
 use super::hooks::{self, Hooks};
 use super::report;
@@ -150,7 +151,7 @@ impl AgentLoop {
             first_done: false,
             reporter: report::Reporter::default(),
             last_ack: None,
-            last_ack_at: Instant::now(),
+            last_ack_at: clock::instant(),
             stop,
             maintain,
             rotation: None,
@@ -284,7 +285,7 @@ impl AgentLoop {
     /// at least every half `ack_ttl`, so a healthy agent never reads as silent.
     async fn report_consumers(&mut self, hook_results: &[hooks::HookResult]) {
         let ack = consumer_report(&mut self.reporter, &self.syncer, &self.hooks, self.child.as_ref(), hook_results);
-        let refresh = self.last_ack_at.elapsed() >= self.cfg.rotation.ack_ttl.get() / 2;
+        let refresh = clock::instant().saturating_duration_since(self.last_ack_at) >= self.cfg.rotation.ack_ttl.get() / 2;
         if self.last_ack.as_ref() == Some(&ack) && !refresh {
             return;
         }
@@ -292,7 +293,7 @@ impl AgentLoop {
         match kv.acks().report(&default_actor(), &ack).await {
             Ok(()) => {
                 self.last_ack = Some(ack);
-                self.last_ack_at = Instant::now();
+                self.last_ack_at = clock::instant();
             }
             Err(e) => tracing::warn!(error = %e, "could not report what this agent's sinks hold"),
         }
@@ -309,7 +310,7 @@ impl AgentLoop {
             let until = (g - self.shared.clock.now()).to_std().unwrap_or_default() + Duration::from_millis(50);
             wait = wait.min(until);
         }
-        let now = Instant::now();
+        let now = clock::instant();
         for due in [self.hooks.next_due(), self.child.as_ref().and_then(|c| c.next_due())].into_iter().flatten() {
             wait = wait.min(due.saturating_duration_since(now));
         }
@@ -327,7 +328,8 @@ impl AgentLoop {
             }
         };
         tokio::select! {
-            _ = tokio::time::sleep(wait) => Wake::Deadline,
+            // clock::sleep: on a test's virtual clock it also wakes when the clock is moved on.
+            _ = clock::sleep(wait) => Wake::Deadline,
             _ = signals.hup.recv() => Wake::Reload,
             _ = signals.term.recv() => Wake::Stop(Signal::SIGTERM),
             _ = signals.int.recv() => Wake::Stop(Signal::SIGINT),

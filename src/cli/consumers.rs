@@ -10,14 +10,13 @@ use crate::config::Config;
 use crate::rotation::holds::{self, Consumer, Retirement};
 use crate::secret::short_fingerprint;
 use crate::store::{KeyName, KeyStore};
-use chrono::Utc;
 use serde_json::{json, Value};
 use std::time::Duration;
 
 pub async fn run(cfg: &Config, store: &KeyStore, name: &KeyName, output: Output) -> Result<(), CliError> {
     let record = store.require(name).await?;
     let acks = store.kv().acks().all().await?;
-    let now = Utc::now();
+    let now = crate::rotation::clock::now();
     let ack_ttl = cfg.rotation.ack_ttl.get();
     let max_hold = cfg
         .keys

@@ -4,7 +4,7 @@
 //! rotation step against Vault and the provider; [`rotate_due`] steps many keys at once, for
 //! both the agent and `keysync rotate --due`.
 
-mod clock;
+pub mod clock;
 mod due;
 mod engine;
 pub mod holds;

@@ -360,7 +360,7 @@ impl KeyStore {
         };
         crate::failpoint::hit("put_after_data");
         let landed = |e: VaultError| PutFailure { landed: Landed::Yes { version }, error: e.into() };
-        let now = Utc::now();
+        let now = crate::rotation::clock::now();
         let mut after = before.clone();
         after.managed = true;
         after.fingerprints.insert(version, fingerprint.clone());
@@ -562,7 +562,7 @@ impl KeyStore {
 
     /// Swaps current and previous while previous is still in grace.
     pub async fn rollback(&self, name: &KeyName, reason: &str) -> Result<RotationState, StoreError> {
-        let now = Utc::now();
+        let now = crate::rotation::clock::now();
         let actor = self.actor.clone();
         // Check first that the version we switch to still has data.
         let record = self.require(name).await?;

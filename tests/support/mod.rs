@@ -10,6 +10,7 @@
 //! processes started through these helpers get `VAULT_CACERT`.
 #![allow(dead_code)]
 
+pub mod clock;
 pub mod fake_llm;
 pub mod fake_openai;
 pub mod faults;
@@ -17,6 +18,7 @@ pub mod leak;
 pub mod pki;
 pub mod raft;
 pub mod report;
+pub mod scenario;
 pub mod token_review;
 
 use rand::Rng as _;
@@ -369,11 +371,25 @@ pub struct Cli {
     pub dir: PathBuf,
     /// Values that must never appear in output (unless a test asks for `--reveal`).
     pub secrets: Vec<String>,
+    /// Extra environment for every run (e.g. the virtual clock: [`Cli::on_clock`]).
+    pub env: Vec<(String, String)>,
 }
 
 impl Cli {
     pub fn new(server: &DevServer, token: &str, dir: &Path) -> Cli {
-        Cli { addr: server.addr.clone(), token: token.to_string(), dir: dir.to_path_buf(), secrets: Vec::new() }
+        Cli {
+            addr: server.addr.clone(),
+            token: token.to_string(),
+            dir: dir.to_path_buf(),
+            secrets: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+
+    /// Runs every command on `clock` (the agents of the same test share it).
+    pub fn on_clock(mut self, clock: &clock::TestClock) -> Cli {
+        self.env.push(clock.env());
+        self
     }
 
     pub fn command(&self, args: &[&str]) -> assert_cmd::Command {
@@ -385,6 +401,7 @@ impl Cli {
             .env("KEYSYNC_AGENT_ID", "test-cli")
             .env("KEYSYNC_LOG", "trace")
             .env_remove("KEYSYNC_CONFIG")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .args(args);
         if let Some(ca) = test_ca() {
             cmd.env("VAULT_CACERT", ca);
@@ -544,6 +561,18 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(config: &Path, addr: &str, token: &str, args: &[&str], dir: &Path) -> Agent {
+        Agent::start_env(config, addr, token, args, dir, &[])
+    }
+
+    /// [`Agent::start`] with extra environment (e.g. the virtual clock's).
+    pub fn start_env(
+        config: &Path,
+        addr: &str,
+        token: &str,
+        args: &[&str],
+        dir: &Path,
+        env: &[(String, String)],
+    ) -> Agent {
         leak::register(token);
         let log = dir.join(format!("agent-{}.log", unique("run")));
         let file = std::fs::File::create(&log).unwrap();
@@ -557,6 +586,7 @@ impl Agent {
             .env("VAULT_ADDR", addr)
             .env("VAULT_TOKEN", token)
             .env("HOME", dir)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
@@ -625,4 +655,32 @@ pub async fn key_store(server: &DevServer, token: &str, grace: Duration, actor: 
     let auth = Authenticator::with_env_token(AuthConfig::default(), Some(keysync::secret::Secret::new(token)));
     let session = Session::login(client, auth).await.expect("login");
     keysync::store::KeyStore::new(keysync::store::Kv::new(session, "secret", "keysync"), grace, actor)
+}
+
+/// [`eventually`] for conditions that need to await (a Vault read): polls every 50 ms.
+pub async fn eventually_async<F: std::future::Future<Output = bool>>(
+    timeout: Duration,
+    mut cond: impl FnMut() -> F,
+) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cond().await
+}
+
+/// Rotation checks an agent has logged (debug level and up: one "rotation check" line per key
+/// per round, src/agent/mod.rs), the observable for "a few more rounds and nothing happened".
+pub fn rotation_checks(agent: &Agent) -> usize {
+    let log = agent.log_text();
+    log.matches("rotation check").count() - log.matches("next rotation check").count()
+}
+
+/// Waits until every agent has logged `more` rotation checks than when called.
+pub async fn wait_rotation_checks(agents: &[&Agent], more: usize, timeout: Duration) -> bool {
+    let start: Vec<usize> = agents.iter().map(|a| rotation_checks(a)).collect();
+    eventually(timeout, || agents.iter().zip(&start).all(|(a, s)| rotation_checks(a) >= s + more)).await
 }
