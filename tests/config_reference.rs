@@ -387,7 +387,7 @@ fn every_toml_example_in_the_readme_is_a_valid_config() {
         let first = block.lines().next().unwrap_or("");
         match toml::from_str::<Config>(block) {
             Ok(cfg) => {
-                if let Err(e) = cfg.validate("README") {
+                if let Err(e) = keysync::config::validate(&cfg, "README") {
                     problems.push(format!("block {i} ({first}): {e}"));
                 }
             }

@@ -5,8 +5,8 @@
 //! Changes are debounced with `[exec] wait_min`/`wait_max` like hooks: keys that change
 //! together (within `wait_min` of each other) restart the child once.
 
+use super::config::{parse_signal, ExecConfig, ExecOnChange};
 use super::sync::{PassReport, Syncer};
-use crate::config::{parse_signal, ExecConfig, ExecOnChange};
 use crate::store::KeyName;
 use crate::store::SinkHold;
 use nix::sys::signal::{kill, Signal};

@@ -7,7 +7,7 @@
 //! hooks a pid gets each signal once, even when several different hooks name it; when one
 //! hook signalling a pid file falls due, the other pending hooks signalling it run with it.
 
-use crate::config::{parse_signal, OnChangeConfig};
+use super::config::{parse_signal, OnChangeConfig};
 use crate::store::KeyName;
 use crate::telemetry::{Metrics, SinkResultLabel};
 use std::collections::{BTreeMap, BTreeSet};
@@ -200,7 +200,7 @@ async fn run_hook(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::HumanDuration;
+    use crate::duration::HumanDuration;
 
     fn cfg(cmd: &str, wait_min: u64) -> OnChangeConfig {
         OnChangeConfig {

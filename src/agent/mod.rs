@@ -5,17 +5,20 @@
 //! (1 s, 2 s, 4 s … capped at the poll interval, so recovery is seen within one poll).
 
 mod child;
+pub mod config;
 mod exec;
 mod hooks;
 mod report;
 mod sync;
 
 pub use child::{check_pass_env, RunAs};
+pub use config::{
+    parse_signal, AgentConfig, Config, ConfigLoader, ExecConfig, ExecOnChange, KeyConfig, OnChangeConfig,
+};
 pub use exec::ExecSpec;
 pub use sync::{PassReport, Syncer};
 
-use crate::config::{self, Config, ConfigSource};
-use crate::store::{default_actor, KeyName, KeyStore, Kv};
+use crate::store::{default_actor, KeyName, Kv};
 use crate::telemetry::{Health, Metrics};
 use crate::vault::{Authenticator, Session, VaultClient, VaultSettings};
 use hooks::Hooks;
@@ -28,7 +31,7 @@ use tokio::signal::unix::{signal, SignalKind};
 pub type ExitCode = i32;
 
 fn build(cfg: &Config, session: &Arc<Session>, metrics: &Arc<Metrics>) -> Result<(Syncer, Hooks), String> {
-    let syncer = Syncer::new(cfg, KeyStore::from_config(cfg, session.clone()), metrics.clone())?;
+    let syncer = Syncer::new(cfg, cfg.key_store(session.clone()), metrics.clone())?;
     let mut hook_cfg = std::collections::BTreeMap::new();
     for (name, k) in &cfg.keys {
         if let (Some(h), Ok(n)) = (&k.on_change, KeyName::parse(name)) {
@@ -39,12 +42,12 @@ fn build(cfg: &Config, session: &Arc<Session>, metrics: &Arc<Metrics>) -> Result
 }
 
 /// Runs the agent. `once`: one full pass, exit 0 if every sink was rendered, 1 otherwise.
-pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> Result<ExitCode, String> {
-    let mut cfg = config::load(source).map_err(|e| format!("invalid config: {e}"))?;
+pub async fn run(source: &dyn ConfigLoader, once: bool, exec: Option<ExecSpec>) -> Result<ExitCode, String> {
+    let mut cfg = source.load().map_err(|e| format!("invalid config: {e}"))?;
     if cfg.rendered_keys().is_empty() && exec.is_none() {
         return Err(format!(
             "{}: no sinks configured; add [[keys.NAME.sinks]] with a path (see README, \"Sinks\")",
-            source.path.display()
+            source.path().display()
         ));
     }
     let metrics = Arc::new(Metrics::new());
@@ -207,7 +210,7 @@ pub async fn run(source: &ConfigSource, once: bool, exec: Option<ExecSpec>) -> R
             _ = tokio::time::sleep(wait) => {}
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading the config");
-                match config::load(source) {
+                match source.load() {
                     Ok(new_cfg) => match build(&new_cfg, &session, &metrics) {
                         Ok((s, h)) => {
                             health.set_sink_failure_threshold(new_cfg.agent.unready_after_sink_failures);
@@ -357,7 +360,7 @@ async fn rotate_due(
         let (cfg, session, metrics, memory, log, queue, stop) =
             (cfg.clone(), session.clone(), metrics.clone(), memory.clone(), log.clone(), queue.clone(), stop.clone());
         workers.spawn(async move {
-            let store = KeyStore::from_config(&cfg, session);
+            let store = cfg.key_store(session);
             let clock = crate::rotation::SystemClock;
             let mut engine = crate::rotation::Engine::new(&store, &clock, Some(&metrics), &memory);
             engine.start_jitter = Some(jitter);

@@ -354,7 +354,7 @@ async fn open_store(source: &ConfigSource) -> Result<KeyStore, CliError> {
 
 /// [`open_store`] for a config already loaded.
 async fn store_for(cfg: &Config) -> Result<KeyStore, CliError> {
-    Ok(KeyStore::from_config(cfg, connect(cfg).await?))
+    Ok(cfg.key_store(connect(cfg).await?))
 }
 
 /// Loads and validates the config.

@@ -2,7 +2,7 @@
 //! authenticated GET (usually `/models`). The answer is three-valued because "the provider is
 //! down" must never be mistaken for "the key is bad" (or worse, "the key is good").
 
-use crate::config::HumanDuration;
+use crate::duration::HumanDuration;
 use crate::secret::Secret;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::{DateTime, Utc};
