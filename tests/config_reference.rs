@@ -1,17 +1,19 @@
-//! README's "Config reference" cannot drift from the config types.
+//! The config reference (docs/configuration.md, "## Config reference") cannot drift from the
+//! config types.
 //!
 //! Every config struct refuses unknown fields, so a bogus field fed into a section makes serde
 //! list every field that section accepts ("expected one of ..."), and a bogus `method`/`type`
-//! lists every auth method / provider. The test compares those lists with the README's tables
-//! both ways, parses every documented example into the real `Config`, and checks every
-//! documented literal default against what the code fills in.
+//! lists every auth method / provider. The test compares those lists with the reference's
+//! tables both ways, parses every documented example into the real `Config`, checks every
+//! documented literal default against what the code fills in, and loads every ```toml block
+//! of README.md and docs/*.md as a config.
 
 use keysync::config::{Config, HumanDuration};
 use std::collections::{BTreeMap, BTreeSet};
 
 const BOGUS: &str = "zz_not_a_field";
 
-/// Each README section: its heading id, the TOML path of its table in the serialized config,
+/// Each reference section: its heading id, the TOML path of its table in the serialized config,
 /// and the smallest TOML that makes it exist (with its required fields).
 struct Probe {
     id: &'static str,
@@ -148,11 +150,15 @@ struct Row {
     example: String,
 }
 
-/// README "## Config reference": heading id → field → row. A heading may name several
+/// Where the config reference lives.
+const REFERENCE: &str = "docs/configuration.md";
+
+/// The reference's "## Config reference": heading id → field → row. A heading may name several
 /// sections that share one table (`[[keys.NAME.sinks]]`, `[[sinks]]`).
 fn readme_reference() -> BTreeMap<String, BTreeMap<String, Row>> {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let start = readme.find("\n## Config reference").expect("README has a \"## Config reference\" section");
+    let readme = std::fs::read_to_string(repo().join(REFERENCE)).unwrap_or_else(|e| panic!("{REFERENCE}: {e}"));
+    let start =
+        readme.find("\n## Config reference").expect("docs/configuration.md has a \"## Config reference\" section");
     let body = &readme[start + 1..];
     let end = body[3..].find("\n## ").map(|i| i + 3).unwrap_or(body.len());
     let body = &body[..end];
@@ -163,7 +169,7 @@ fn readme_reference() -> BTreeMap<String, BTreeMap<String, Row>> {
             current = h.split('`').skip(1).step_by(2).map(str::to_string).collect();
             assert!(!current.is_empty(), "heading {h:?} names no `section`");
             for id in &current {
-                assert!(out.insert(id.clone(), BTreeMap::new()).is_none(), "README documents {id} twice");
+                assert!(out.insert(id.clone(), BTreeMap::new()).is_none(), "{REFERENCE} documents {id} twice");
             }
             continue;
         }
@@ -266,8 +272,11 @@ fn every_section_in_the_code_is_documented_and_nothing_else() {
     let known: BTreeSet<&str> = PROBES.iter().map(|p| p.id).collect();
     let missing: Vec<_> = known.difference(&documented).collect();
     let extra: Vec<_> = documented.difference(&known).collect();
-    assert!(missing.is_empty(), "README's config reference lacks the sections {missing:?}");
-    assert!(extra.is_empty(), "README documents sections {extra:?} that this test does not know: add a Probe for each");
+    assert!(missing.is_empty(), "{REFERENCE} lacks the sections {missing:?}");
+    assert!(
+        extra.is_empty(),
+        "{REFERENCE} documents sections {extra:?} that this test does not know: add a Probe for each"
+    );
 }
 
 #[test]
@@ -278,10 +287,10 @@ fn every_field_in_the_code_is_documented_and_nothing_else() {
         let code = accepted_fields(p);
         let docs: BTreeSet<String> = readme.get(p.id).map(|r| r.keys().cloned().collect()).unwrap_or_default();
         for f in code.difference(&docs) {
-            problems.push(format!("{}: `{f}` is accepted by the code but not in README's config reference", p.id));
+            problems.push(format!("{}: `{f}` is accepted by the code but not in {REFERENCE}", p.id));
         }
         for f in docs.difference(&code) {
-            problems.push(format!("{}: `{f}` is documented in README but the code does not accept it", p.id));
+            problems.push(format!("{}: `{f}` is documented in {REFERENCE} but the code does not accept it", p.id));
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
@@ -298,7 +307,7 @@ fn every_auth_method_and_provider_type_is_documented() {
         let code = listed_after(&err, "unknown variant `zz_nope`, expected");
         let docs: BTreeSet<String> =
             readme.keys().filter_map(|id| id.strip_prefix(prefix)).map(|v| v.trim_matches('"').to_string()).collect();
-        assert_eq!(code, docs, "{tag_field}: the code's variants vs README's sections");
+        assert_eq!(code, docs, "{tag_field}: the code's variants vs {REFERENCE}'s sections");
     }
 }
 
@@ -348,15 +357,15 @@ fn every_documented_default_is_the_codes_default() {
             }
             match (literal(&row.default), actual) {
                 (Some(doc), Some(code)) if !same_value(&doc, code) => {
-                    problems.push(format!("{}: `{field}` README says default {}, the code has {code}", p.id, row.default))
+                    problems.push(format!("{}: `{field}` {REFERENCE} says default {}, the code has {code}", p.id, row.default))
                 }
                 (Some(_), Some(_)) => {}
                 (Some(doc), None) => problems.push(format!(
-                    "{}: `{field}` README says default {doc}, the code leaves it unset (write what unset means instead)",
+                    "{}: `{field}` {REFERENCE} says default {doc}, the code leaves it unset (write what unset means instead)",
                     p.id
                 )),
                 (None, Some(code)) => problems.push(format!(
-                    "{}: `{field}` defaults to {code} in the code; README's default cell {:?} should say `{code}`",
+                    "{}: `{field}` defaults to {code} in the code; {REFERENCE}'s default cell {:?} should say `{code}`",
                     p.id, row.default
                 )),
                 (None, None) => {}
@@ -374,25 +383,53 @@ fn the_probe_finds_fields_the_way_the_test_assumes() {
     assert_eq!(accepted_fields(kv), BTreeSet::from(["mount".to_string(), "prefix".to_string()]));
 }
 
+/// The repository root.
+fn repo() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// README.md and every docs/*.md, with their text.
+fn markdown_files() -> Vec<(String, String)> {
+    let mut files = vec!["README.md".to_string()];
+    let mut docs: Vec<String> = std::fs::read_dir(repo().join("docs"))
+        .expect("docs/")
+        .map(|e| e.expect("docs/ entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".md"))
+        .map(|n| format!("docs/{n}"))
+        .collect();
+    docs.sort();
+    files.extend(docs);
+    files
+        .into_iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(repo().join(&f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+            (f, text)
+        })
+        .collect()
+}
+
 #[test]
-fn every_toml_example_in_the_readme_is_a_valid_config() {
-    // The recipes and section examples are meant to be copied: each ```toml block must load
-    // and validate as it stands.
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let blocks: Vec<&str> =
-        readme.split("```toml\n").skip(1).map(|rest| rest.split("```").next().unwrap_or("")).collect();
-    assert!(blocks.len() >= 5, "expected the README's config examples, found {}", blocks.len());
+fn every_toml_example_in_the_docs_is_a_valid_config() {
+    // The recipes and section examples are meant to be copied: each ```toml block of README.md
+    // and docs/*.md must load and validate as it stands.
+    let mut count = 0;
     let mut problems = Vec::new();
-    for (i, block) in blocks.iter().enumerate() {
-        let first = block.lines().next().unwrap_or("");
-        match toml::from_str::<Config>(block) {
-            Ok(cfg) => {
-                if let Err(e) = keysync::config::validate(&cfg, "README") {
-                    problems.push(format!("block {i} ({first}): {e}"));
+    for (file, text) in markdown_files() {
+        let blocks: Vec<&str> =
+            text.split("```toml\n").skip(1).map(|rest| rest.split("```").next().unwrap_or("")).collect();
+        for (i, block) in blocks.iter().enumerate() {
+            count += 1;
+            let first = block.lines().next().unwrap_or("");
+            match toml::from_str::<Config>(block) {
+                Ok(cfg) => {
+                    if let Err(e) = keysync::config::validate(&cfg, &file) {
+                        problems.push(format!("{file} block {i} ({first}): {e}"));
+                    }
                 }
+                Err(e) => problems.push(format!("{file} block {i} ({first}): {e}")),
             }
-            Err(e) => problems.push(format!("block {i} ({first}): {e}")),
         }
     }
+    assert!(count >= 5, "expected the docs' config examples, found {count}");
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

@@ -390,13 +390,14 @@ fn the_dashboard_uses_only_exported_metrics_and_shows_them_all() {
 }
 
 #[test]
-fn the_readme_metrics_table_lists_exactly_the_exported_metrics() {
-    let readme = read("README.md");
-    let start = readme.find("### Metrics").expect("README has ### Metrics");
-    let section = &readme[start..];
-    let end = section[4..].find("\n#").map(|e| e + 4).unwrap_or(section.len());
+fn the_documented_metrics_table_lists_exactly_the_exported_metrics() {
+    let doc = read("docs/metrics.md");
+    let start = doc.find("\n## Metrics\n").expect("docs/metrics.md has a \"## Metrics\" section") + 1;
+    let section = &doc[start..];
+    let end = section[3..].find("\n#").map(|e| e + 3).unwrap_or(section.len());
     let documented = metric_names_in(&section[..end]);
-    assert_eq!(documented, exported(), "README's metrics table vs keysync::telemetry::METRIC_NAMES");
+    assert!(section[..end].contains("| metric |"), "the \"## Metrics\" section of docs/metrics.md holds no table");
+    assert_eq!(documented, exported(), "docs/metrics.md's metrics table vs keysync::telemetry::METRIC_NAMES");
 }
 
 #[test]
@@ -440,7 +441,7 @@ fn logs_written_to_a_pipe_carry_no_colour_codes() {
 
 #[test]
 fn the_consumer_recipes_pick_up_a_replaced_key_file() {
-    // The README's Python recipe is examples/consumers/watch_key.py: prove KeyFile sees an
+    // The Python recipe of docs/consumers.md is examples/consumers/watch_key.py: prove KeyFile sees an
     // atomic replacement (what keysync does) and prints keysync's fingerprint.
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("k.key");
@@ -534,16 +535,20 @@ fn under_systemd_the_agent_says_ready_only_after_the_first_render() {
     assert_eq!(on_disk.trim(), "sk-notify-0123456789abcdef", "READY=1 came before the first render");
 }
 
-/// The first ```lang block of README's "Consumers" section.
-fn readme_consumer_block(lang: &str) -> String {
-    let readme = read("README.md");
-    let section = &readme[readme.find("## Consumers").expect("README has a Consumers section")..];
+/// The consumer recipes: docs/consumers.md (the README links to it).
+const CONSUMERS_DOC: &str = "docs/consumers.md";
+
+/// The first ```lang block of the consumer recipes.
+fn documented_consumer_block(lang: &str) -> String {
+    let doc = read(CONSUMERS_DOC);
+    let section =
+        &doc[doc.find("# Consumers").unwrap_or_else(|| panic!("{CONSUMERS_DOC} has a \"# Consumers\" title"))..];
     let start = section.find(&format!("```{lang}\n")).unwrap_or_else(|| panic!("no {lang} block")) + lang.len() + 4;
     section[start..].split("```").next().unwrap().to_string()
 }
 
 #[test]
-fn the_readme_recipes_run_as_written_and_follow_a_replaced_key_file() {
+fn the_documented_recipes_run_as_written_and_follow_a_replaced_key_file() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("openai.key");
     let old = "sk-old-0123456789";
@@ -556,7 +561,7 @@ fn the_readme_recipes_run_as_written_and_follow_a_replaced_key_file() {
          open(tmp, 'w').write({new:?} + '\\n')\n\
          os.replace(tmp, os.environ['OPENAI_API_KEY_FILE'])\n\
          assert openai_key.get() == {new:?}, openai_key.get()\n",
-        readme_consumer_block("python")
+        documented_consumer_block("python")
     );
     let node = format!(
         "class OpenAI {{ constructor(o) {{ this.apiKey = o.apiKey; }} }}\n{}\n\
@@ -565,7 +570,7 @@ fn the_readme_recipes_run_as_written_and_follow_a_replaced_key_file() {
          fs.writeFileSync(tmp, {new:?} + '\\n');\n\
          fs.renameSync(tmp, process.env.OPENAI_API_KEY_FILE);\n\
          if (openaiKey.get() !== {new:?}) throw new Error('after replace: ' + openaiKey.get());\n",
-        readme_consumer_block("js")
+        documented_consumer_block("js")
     );
     for (program, flag, code) in [("python3", "-c", python), ("node", "-e", node)] {
         std::fs::write(&key, format!("{old}\n")).unwrap();
@@ -573,8 +578,8 @@ fn the_readme_recipes_run_as_written_and_follow_a_replaced_key_file() {
             .args([flag, &code])
             .env("OPENAI_API_KEY_FILE", &key)
             .output()
-            .unwrap_or_else(|e| panic!("{program} is needed to check README's recipe: {e}"));
-        assert!(out.status.success(), "README's {program} recipe:\n{}", String::from_utf8_lossy(&out.stderr));
+            .unwrap_or_else(|e| panic!("{program} is needed to check the recipe in {CONSUMERS_DOC}: {e}"));
+        assert!(out.status.success(), "{CONSUMERS_DOC}'s {program} recipe:\n{}", String::from_utf8_lossy(&out.stderr));
     }
 }
 

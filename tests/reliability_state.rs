@@ -472,20 +472,6 @@ async fn a_used_up_secret_id_is_reported_with_the_fix_and_a_new_one_is_picked_up
     );
 }
 
-/// The dev server prints `Unseal Key: …` in its banner, a moment after it answers.
-async fn unseal_key(server: &DevServer) -> String {
-    let find = || {
-        let log = std::fs::read_to_string(&server.log).unwrap_or_default();
-        log.lines().find_map(|l| l.trim().strip_prefix("Unseal Key: ").map(|k| k.trim().to_string()))
-    };
-    assert!(
-        eventually(Duration::from_secs(10), || find().is_some()).await,
-        "no unseal key in the dev server log:\n{}",
-        std::fs::read_to_string(&server.log).unwrap_or_default()
-    );
-    find().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sealed_server_is_reported_without_a_hot_loop_and_recovered_after_unseal() {
     let secs = report::scale(8, 60) as u64;
@@ -499,7 +485,7 @@ async fn a_sealed_server_is_reported_without_a_hot_loop_and_recovered_after_unse
     let d = dir.path();
     let writer = support::key_store(&server, &server.root_token, Duration::from_secs(3600), "test-writer").await;
     put(&writer, "openai", "sk-seal-one-1111111111111111").await;
-    let key = unseal_key(&server).await;
+    let key = server.unseal_key().await;
     let listen = free_listen_addr();
     let agent = Agent::start(&agent_config(d, &listen, ""), &proxy.addr, &server.root_token, &["run"], d);
     let key_file = d.join("openai.key");

@@ -43,7 +43,8 @@ pub struct Config {
 
 /// Where the agent's config comes from: read at start and again on SIGHUP. The real one is
 /// `config::ConfigSource` (the file plus `KEYSYNC_*` variables); taking it as a trait keeps
-/// the agent below the loader, so no import runs both ways.
+/// the agent below the loader, so no import runs both ways. Held as `Arc<dyn ConfigLoader>`
+/// by whatever reloads.
 pub trait ConfigLoader: Send + Sync {
     /// The config as it is now, validated.
     fn load(&self) -> Result<Config, Box<dyn std::error::Error + Send + Sync>>;

@@ -42,7 +42,7 @@ fn build(cfg: &Config, session: &Arc<Session>, metrics: &Arc<Metrics>) -> Result
 }
 
 /// Runs the agent. `once`: one full pass, exit 0 if every sink was rendered, 1 otherwise.
-pub async fn run(source: &dyn ConfigLoader, once: bool, exec: Option<ExecSpec>) -> Result<ExitCode, String> {
+pub async fn run(source: Arc<dyn ConfigLoader>, once: bool, exec: Option<ExecSpec>) -> Result<ExitCode, String> {
     let mut cfg = source.load().map_err(|e| format!("invalid config: {e}"))?;
     if cfg.rendered_keys().is_empty() && exec.is_none() {
         return Err(format!(

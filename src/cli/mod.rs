@@ -339,7 +339,7 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
 }
 
 async fn run_agent(source: &ConfigSource, once: bool, exec: Option<crate::agent::ExecSpec>) -> Result<(), CliError> {
-    match crate::agent::run(source, once, exec).await {
+    match crate::agent::run(Arc::new(source.clone()), once, exec).await {
         Ok(0) => Ok(()),
         Ok(code) => Err(CliError { code, message: String::new() }),
         Err(e) if e.starts_with("invalid config") => Err(CliError::usage(e)),

@@ -330,14 +330,15 @@ fn translate_config_error(label: &str, err: config::ConfigError) -> ConfigError 
         let field = key_from_message(&text).map(|k| normalize_key(&k));
         let enum_name = head.trim_start_matches("enum ").trim();
         let choices = match enum_name {
-            "SinkFormat" => "raw, env, json, template",
-            "WriteMode" => "atomic, in_place",
-            "OnMissing" => "keep, remove",
-            "Charset" => "alphanumeric, hex, base64url",
-            "ExecOnChange" => "restart, signal",
-            "Preset" => "a preset listed in the README (openai, deepseek, anthropic, custom, …)",
-            _ => "a value listed in the README",
-        };
+            "SinkFormat" => variants_of::<crate::render::SinkFormat>(),
+            "WriteMode" => variants_of::<crate::render::WriteMode>(),
+            "OnMissing" => variants_of::<crate::render::OnMissing>(),
+            "Charset" => variants_of::<crate::provider::Charset>(),
+            "ExecOnChange" => variants_of::<ExecOnChange>(),
+            "Preset" => variants_of::<crate::provider::Preset>(),
+            _ => None,
+        }
+        .unwrap_or_else(|| "a value listed in docs/configuration.md".into());
         return ConfigError::new(
             label,
             field.as_deref(),
@@ -353,6 +354,15 @@ fn translate_config_error(label: &str, err: config::ConfigError) -> ConfigError 
     }
     let field = key_from_message(&text).map(|k| normalize_key(&k));
     ConfigError::new(label, field.as_deref(), text)
+}
+
+/// The values an enum accepts (`raw, env, json, template`), read from serde's own refusal of a
+/// value no enum has, so the list in a message cannot drift from the type.
+fn variants_of<T: serde::de::DeserializeOwned>() -> Option<String> {
+    let refusal = serde_json::from_value::<T>(serde_json::Value::String("\u{0}".into())).err()?.to_string();
+    let expected = refusal.split_once("expected")?.1;
+    let names: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    (!names.is_empty()).then(|| names.join(", "))
 }
 
 /// The config crate writes `sinks[0]format` for `sinks[0].format`.
@@ -514,6 +524,16 @@ mod tests {
         let err = load_text("[[sinks]]\npath = \"/tmp/x\"\nkeys = [\"a\"]\nformat = \"yaml\"\n", &[]).unwrap_err();
         assert_eq!(err.field.as_deref(), Some("sinks[0].format"), "{err}");
         assert!(err.message.contains("\"yaml\"") && err.message.contains("raw, env, json, template"), "{err}");
+    }
+
+    #[test]
+    fn enum_choices_come_from_the_types() {
+        assert_eq!(variants_of::<crate::render::WriteMode>().as_deref(), Some("atomic, in_place"));
+        assert_eq!(variants_of::<ExecOnChange>().as_deref(), Some("restart, signal"));
+        let presets = variants_of::<crate::provider::Preset>().unwrap();
+        assert!(presets.starts_with("openai, ") && presets.contains("anthropic"), "{presets}");
+        let err = load_text("[exec]\non_change = \"reboot\"\n", &[]).unwrap_err();
+        assert!(err.message.contains("use one of restart, signal"), "{err}");
     }
 
     #[test]

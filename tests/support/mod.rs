@@ -33,6 +33,9 @@ pub struct DevServer {
     pub root_token: String,
     child: Option<Child>,
     pub log: PathBuf,
+    /// The raft + TLS server's unseal key (its init answer); the dev server prints its own in
+    /// the log banner instead (see `unseal_key`).
+    raft_unseal_key: Option<String>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -98,7 +101,14 @@ impl DevServer {
             (std::env::var("KEYSYNC_TEST_VAULT_ADDR"), std::env::var("KEYSYNC_TEST_VAULT_TOKEN"))
         {
             leak::register(&token);
-            return DevServer { addr, root_token: token, child: None, log: PathBuf::new(), _dir: None };
+            return DevServer {
+                addr,
+                root_token: token,
+                child: None,
+                log: PathBuf::new(),
+                raft_unseal_key: None,
+                _dir: None,
+            };
         }
         if raft_tls() {
             let server = raft::RaftServer::start();
@@ -109,6 +119,7 @@ impl DevServer {
                 root_token: server.root_token,
                 child,
                 log: node.log.clone(),
+                raft_unseal_key: Some(server.unseal_key),
                 _dir: Some(server.dir),
             };
         }
@@ -155,7 +166,14 @@ impl DevServer {
                     break;
                 }
                 if http_status(&addr, "/v1/sys/health") == Some(200) {
-                    return DevServer { addr, root_token, child: Some(child), log, _dir: Some(dir) };
+                    return DevServer {
+                        addr,
+                        root_token,
+                        child: Some(child),
+                        log,
+                        raft_unseal_key: None,
+                        _dir: Some(dir),
+                    };
                 }
                 if Instant::now() > deadline {
                     let _ = child.kill();
@@ -170,6 +188,24 @@ impl DevServer {
             }
         }
         panic!("could not start the dev server: {last_err}");
+    }
+
+    /// The key that unseals this server: from the raft server's init, or from the dev
+    /// server's banner (`Unseal Key: …`, printed a moment after it first answers).
+    pub async fn unseal_key(&self) -> String {
+        if let Some(key) = &self.raft_unseal_key {
+            return key.clone();
+        }
+        let find = || {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            log.lines().find_map(|l| l.trim().strip_prefix("Unseal Key: ").map(|k| k.trim().to_string()))
+        };
+        assert!(
+            eventually(Duration::from_secs(10), || find().is_some()).await,
+            "no unseal key in the dev server log:\n{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+        find().expect("found above")
     }
 
     pub fn admin(&self) -> Admin {
