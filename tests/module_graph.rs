@@ -318,12 +318,9 @@ fn imports(path: &[String], text: &str) -> Vec<(String, usize)> {
                     inline.push((name.to_string(), depth));
                 }
             }
-            Tok::Ident(w) if (w == "crate" || w == "keysync") && is(k + 1, &Tok::PathSep) => {
-                // `keysync::` only from the binary's root; in the library it would be a
-                // local name.
-                if w == "crate" || path.is_empty() {
-                    out.extend(named_after(&toks, k + 2).into_iter().map(|m| (m, line)));
-                }
+            // `keysync::` only from the binary's root; in the library it would be a local name.
+            Tok::Ident(w) if (w == "crate" || (w == "keysync" && path.is_empty())) && is(k + 1, &Tok::PathSep) => {
+                out.extend(named_after(&toks, k + 2).into_iter().map(|m| (m, line)));
             }
             Tok::Ident(w) if w == "super" && is(k + 1, &Tok::PathSep) && (k == 0 || !is(k - 1, &Tok::PathSep)) => {
                 let mut here: Vec<String> = path.iter().cloned().chain(inline.iter().map(|(n, _)| n.clone())).collect();
