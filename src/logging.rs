@@ -1,5 +1,7 @@
 //! Log setup: text or JSON to stderr through `tracing`. Chatty HTTP internals are kept at
-//! `warn` so that raising keysync's own level to `trace` never dumps request headers.
+//! `warn` so that raising keysync's own level to `trace` never dumps request headers. vaultrs
+//! and rustify are off: they log every Vault refusal at `error` (a 404 read, a lost
+//! check-and-set), which keysync handles or reports itself with the path and the fix.
 
 use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
@@ -15,7 +17,9 @@ pub enum LogFormat {
 /// (`keysync=trace`). Calling it twice is harmless.
 pub fn init(level: &str, format: LogFormat) -> Result<(), String> {
     check_level(level)?;
-    let directives = format!("{level},hyper=warn,hyper_util=warn,reqwest=warn,rustls=warn,h2=warn,tower=warn");
+    let directives = format!(
+        "{level},hyper=warn,hyper_util=warn,reqwest=warn,rustls=warn,h2=warn,tower=warn,vaultrs=off,rustify=off"
+    );
     let filter = EnvFilter::try_new(&directives).map_err(|e| {
         format!("--log-level {level:?} is not a level or filter ({e}); use error, warn, info, debug or trace")
     })?;

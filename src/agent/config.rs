@@ -9,7 +9,7 @@
 //! saying a problem with the file's name, is `config/`'s job; it sits above the agent, which
 //! gets its config through a [`ConfigLoader`] and never reads config files itself.
 
-use crate::config::VaultConfig;
+use crate::vault::VaultConfig;
 use crate::duration::HumanDuration;
 use crate::field::FieldError;
 use crate::render::{DirSinkConfig, SinkConfig};

@@ -17,7 +17,7 @@
 //! fingerprint). Older deciders reading a new report see a lagging agent's `keys` entry
 //! differ from the current fingerprint and keep waiting for it instead of retiring early.
 
-use crate::vault::{Request, Session, VaultError};
+use crate::vault::{KvRead, Session, VaultError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -122,30 +122,20 @@ impl Acks {
     /// Records this agent's report (a plain write: each agent owns its secret); `seen_at` is
     /// set to now.
     pub async fn report(&self, agent: &str, ack: &Ack) -> Result<(), VaultError> {
-        let path = format!("{}/data/{}/_acks/{}", self.mount, self.prefix, ack_id(agent));
-        let body = json!({ "data": { "seen_at": Utc::now().to_rfc3339(), "keys": ack.keys, "sinks": ack.sinks } });
-        self.session.request(&Request::post(path, "ack_write", body)).await.map(|_| ())
+        let path = format!("{}/_acks/{}", self.prefix, ack_id(agent));
+        let data = json!({ "seen_at": Utc::now().to_rfc3339(), "keys": ack.keys, "sinks": ack.sinks });
+        self.session.kv_write(&self.mount, &path, &data, None, "ack_write").await.map(|_| ())
     }
 
     /// Every agent's latest report.
     pub async fn all(&self) -> Result<Vec<(String, Ack)>, VaultError> {
-        let list = Request::list(format!("{}/metadata/{}/_acks", self.mount, self.prefix), "ack_list");
-        let resp = self.session.request_allowing(&list, &[404]).await?;
-        if resp.status == 404 {
-            return Ok(Vec::new());
-        }
-        let names: Vec<String> = resp
-            .body
-            .pointer("/data/keys")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).filter(|k| !k.ends_with('/')).map(str::to_string).collect())
-            .unwrap_or_default();
+        let listed = self.session.kv_list(&self.mount, &format!("{}/_acks", self.prefix), "ack_list").await?;
+        let names: Vec<String> = listed.into_iter().filter(|k| !k.ends_with('/')).collect();
         let mut out = Vec::new();
         for name in names {
-            let req = Request::get(format!("{}/data/{}/_acks/{name}", self.mount, self.prefix), "ack_read");
-            let resp = self.session.request_allowing(&req, &[404]).await?;
-            if let Some(data) = resp.body.pointer("/data/data") {
-                if let Ok(ack) = serde_json::from_value::<Ack>(data.clone()) {
+            let path = format!("{}/_acks/{name}", self.prefix);
+            if let KvRead::Live { data, .. } = self.session.kv_read(&self.mount, &path, None, "ack_read").await? {
+                if let Ok(ack) = serde_json::from_value::<Ack>(Value::Object(data)) {
                     out.push((name, ack));
                 }
             }

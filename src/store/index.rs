@@ -29,7 +29,7 @@
 
 use super::name::KeyName;
 use super::state::RotationState;
-use crate::vault::{Request, Session, VaultError};
+use crate::vault::{KvRead, Session, VaultError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -194,12 +194,23 @@ impl Index {
         Index { session, mount: mount.trim_matches('/').into(), prefix: prefix.trim_matches('/').into(), writer }
     }
 
+    /// `<mount>/data/<prefix>/<name>`, for messages.
     fn data_path(&self, name: &str) -> String {
         format!("{}/data/{}/{name}", self.mount, self.prefix)
     }
 
-    fn metadata_path(&self, name: &str) -> String {
-        format!("{}/metadata/{}/{name}", self.mount, self.prefix)
+    /// `<prefix>/<name>`: a secret's path inside the mount.
+    fn secret_path(&self, name: &str) -> String {
+        format!("{}/{name}", self.prefix)
+    }
+
+    /// The latest version of a secret under the prefix: its version and data, `None` when it
+    /// does not exist or its latest version is deleted.
+    async fn read_latest(&self, name: &str, op: &'static str) -> Result<Option<(u64, Map<String, Value>)>, VaultError> {
+        Ok(match self.session.kv_read(&self.mount, &self.secret_path(name), None, op).await? {
+            KvRead::Live { data, version } => Some((version, data)),
+            KvRead::Deleted { .. } | KvRead::Missing => None,
+        })
     }
 
     fn root_name() -> String {
@@ -212,17 +223,13 @@ impl Index {
 
     /// One GET of the root: shard → version, or `None` when there is no sharded index.
     async fn read_root(&self) -> Result<Option<BTreeMap<u8, u64>>, VaultError> {
-        let req = Request::get(self.data_path(&Self::root_name()), "index_root_read");
-        let resp = self.session.request_allowing(&req, &[404]).await?;
-        if resp.status == 404 {
+        let Some((_, data)) = self.read_latest(&Self::root_name(), "index_root_read").await? else {
             return Ok(None);
-        }
+        };
         let mut out = BTreeMap::new();
-        if let Some(map) = resp.body.pointer("/data/data").and_then(Value::as_object) {
-            for (k, v) in map {
-                if let (Some(shard), Some(v)) = (parse_shard_name(k), v.as_u64()) {
-                    out.insert(shard, v);
-                }
+        for (k, v) in &data {
+            if let (Some(shard), Some(v)) = (parse_shard_name(k), v.as_u64()) {
+                out.insert(shard, v);
             }
         }
         Ok(Some(out))
@@ -230,26 +237,16 @@ impl Index {
 
     /// One GET of a shard's latest version: its version, entries, unreadable names, bytes.
     async fn read_shard(&self, shard: u8) -> Result<(u64, Map<String, Value>, usize), VaultError> {
-        let req = Request::get(self.data_path(&Self::shard_secret(shard)), "index_shard_read");
-        let resp = self.session.request_allowing(&req, &[404]).await?;
-        if resp.status == 404 {
+        let Some((version, map)) = self.read_latest(&Self::shard_secret(shard), "index_shard_read").await? else {
             return Ok((0, Map::new(), 0));
-        }
-        let version = resp.body.pointer("/data/metadata/version").and_then(Value::as_u64).unwrap_or(0);
-        let map = resp.body.pointer("/data/data").and_then(Value::as_object).cloned().unwrap_or_default();
+        };
         let bytes = serde_json::to_vec(&map).map_or(0, |v| v.len());
         Ok((version, map, bytes))
     }
 
     /// One GET of the legacy secret: version and entries (`None` when it does not exist).
     async fn read_legacy(&self) -> Result<Option<(u64, Map<String, Value>)>, VaultError> {
-        let req = Request::get(self.data_path(INDEX_NAME), "index_read");
-        let resp = self.session.request_allowing(&req, &[404]).await?;
-        if resp.status == 404 {
-            return Ok(None);
-        }
-        let version = resp.body.pointer("/data/metadata/version").and_then(Value::as_u64).unwrap_or(0);
-        Ok(Some((version, resp.body.pointer("/data/data").and_then(Value::as_object).cloned().unwrap_or_default())))
+        self.read_latest(INDEX_NAME, "index_read").await
     }
 
     /// A steady-state poll for the keys an agent renders: the root, then only the shards of
@@ -353,8 +350,7 @@ impl Index {
 
     /// Whether the legacy secret exists (a small metadata read, never the entries).
     async fn legacy_exists(&self) -> Result<bool, VaultError> {
-        let req = Request::get(self.metadata_path(INDEX_NAME), "index_legacy_check");
-        Ok(self.session.request_allowing(&req, &[404]).await?.status != 404)
+        Ok(self.session.kv_metadata(&self.mount, &self.secret_path(INDEX_NAME), "index_legacy_check").await?.is_some())
     }
 
     /// Records `entry` for `name` (see [`Index::update_many`]).
@@ -425,17 +421,15 @@ impl Index {
     /// version written.
     async fn patch_or_create(&self, name: &str, op: &'static str, data: Value) -> Result<u64, VaultError> {
         let path = self.data_path(name);
-        let patch = Request::patch(path.clone(), op, json!({ "data": data }));
+        let secret = self.secret_path(name);
         for _ in 0..3 {
-            let resp = self.session.request_allowing(&patch, &[404]).await?;
-            if resp.status != 404 {
-                return Ok(written_version(&resp.body));
+            if let Some(version) = self.session.kv_patch_data(&self.mount, &secret, data.clone(), op).await? {
+                return Ok(version);
             }
-            let create = Request::post(path.clone(), "index_create", json!({ "options": { "cas": 0 }, "data": data }));
-            match self.session.request(&create).await {
-                Ok(resp) => {
+            match self.session.kv_write(&self.mount, &secret, &json!(data), Some(0), "index_create").await {
+                Ok(version) => {
                     self.limit_versions(name).await;
-                    return Ok(written_version(&resp.body));
+                    return Ok(version);
                 }
                 Err(VaultError::CasConflict { .. }) => continue,
                 Err(e) => return Err(e),
@@ -452,9 +446,10 @@ impl Index {
     /// Keeps few versions of an index secret (only the latest is read). Best effort: a
     /// writer without metadata rights still works, the secret only keeps more history.
     async fn limit_versions(&self, name: &str) {
-        let req =
-            Request::post(self.metadata_path(name), "index_metadata", json!({ "max_versions": INDEX_MAX_VERSIONS }));
-        if let Err(e) = self.session.request(&req).await {
+        let path = self.secret_path(name);
+        if let Err(e) =
+            self.session.kv_set_metadata(&self.mount, &path, Some(INDEX_MAX_VERSIONS), None, "index_metadata").await
+        {
             tracing::debug!(secret = name, error = %e, "could not limit the index secret's versions");
         }
     }
@@ -516,17 +511,22 @@ impl Index {
                     versions.insert(shard, version);
                     break;
                 }
-                let req = Request::post(
-                    self.data_path(&secret),
-                    "index_convert",
-                    json!({ "options": { "cas": version }, "data": current }),
-                );
-                match self.session.request(&req).await {
-                    Ok(resp) => {
+                let written = self
+                    .session
+                    .kv_write(
+                        &self.mount,
+                        &self.secret_path(&secret),
+                        &Value::Object(current),
+                        Some(version),
+                        "index_convert",
+                    )
+                    .await;
+                match written {
+                    Ok(written) => {
                         if version == 0 {
                             self.limit_versions(&secret).await;
                         }
-                        versions.insert(shard, written_version(&resp.body));
+                        versions.insert(shard, written);
                         break;
                     }
                     Err(VaultError::CasConflict { .. }) if attempt < 5 => continue,
@@ -549,9 +549,12 @@ impl Index {
             .iter()
             .map(|(name, entry)| (name.as_str().to_string(), serde_json::to_value(entry).unwrap_or(Value::Null)))
             .collect();
-        let patch = Request::patch(self.data_path(INDEX_NAME), "index_patch", json!({ "data": value }));
-        match self.session.request_allowing(&patch, &[404]).await {
-            Ok(resp) if resp.status == 404 => self.writer.legacy.store(LEGACY_ABSENT, Ordering::Release),
+        let patched = self
+            .session
+            .kv_patch_data(&self.mount, &self.secret_path(INDEX_NAME), Value::Object(value), "index_patch")
+            .await;
+        match patched {
+            Ok(None) => self.writer.legacy.store(LEGACY_ABSENT, Ordering::Release),
             Ok(_) => {}
             Err(e) => {
                 if !self.writer.legacy_warned.swap(true, Ordering::AcqRel) {
@@ -570,16 +573,10 @@ impl Index {
         if !self.legacy_exists().await? {
             return Ok(false);
         }
-        let req = Request::delete(self.metadata_path(INDEX_NAME), "index_drop_legacy");
-        self.session.request(&req).await?;
+        self.session.kv_delete_all(&self.mount, &self.secret_path(INDEX_NAME), "index_drop_legacy").await?;
         self.writer.legacy.store(LEGACY_ABSENT, Ordering::Release);
         Ok(true)
     }
-}
-
-/// `data.version` of a KV v2 write or PATCH answer.
-fn written_version(body: &Value) -> u64 {
-    body.pointer("/data/version").and_then(Value::as_u64).unwrap_or(0)
 }
 
 /// `count` key names `<prefix><n>` that fall in `shard` (for tests of writers sharing one).

@@ -3,7 +3,7 @@
 
 use super::name::KeyName;
 use crate::secret::Secret;
-use crate::vault::{Request, Session, VaultError};
+use crate::vault::{KvRead, Session, VaultError, VersionAction};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -112,6 +112,11 @@ impl Kv {
         format!("{}/{kind}/{}/{name}", self.mount, self.prefix)
     }
 
+    /// `<prefix>/<name>`: a key's path inside the mount.
+    fn key_path(&self, name: &KeyName) -> String {
+        format!("{}/{name}", self.prefix)
+    }
+
     /// Where a key lives, as people write it (`secret/keysync/openai`).
     pub fn display_path(&self, name: &KeyName) -> String {
         format!("{}/{}/{name}", self.mount, self.prefix)
@@ -119,83 +124,48 @@ impl Kv {
 
     /// Names of all keys under the prefix (sub-folders such as `_acks/` are skipped).
     pub async fn list(&self) -> Result<Vec<KeyName>, VaultError> {
-        let req = Request::list(format!("{}/metadata/{}", self.mount, self.prefix), "kv_list");
-        let resp = self.session.request_allowing(&req, &[404]).await?;
-        if resp.status == 404 {
-            return Ok(Vec::new());
-        }
-        let mut names: Vec<KeyName> = resp
-            .body
-            .pointer("/data/keys")
-            .and_then(Value::as_array)
-            .map(|keys| keys.iter().filter_map(Value::as_str).filter_map(|k| KeyName::parse(k).ok()).collect())
-            .unwrap_or_default();
+        let keys = self.session.kv_list(&self.mount, &self.prefix, "kv_list").await?;
+        let mut names: Vec<KeyName> = keys.iter().filter_map(|k| KeyName::parse(k).ok()).collect();
         names.sort();
         Ok(names)
     }
 
     /// Metadata of a key, `None` when it does not exist.
     pub async fn metadata(&self, name: &KeyName) -> Result<Option<Metadata>, VaultError> {
-        let req = Request::get(self.path("metadata", name), "kv_metadata");
-        let resp = self.session.request_allowing(&req, &[404]).await?;
-        if resp.status == 404 {
+        let Some(m) = self.session.kv_metadata(&self.mount, &self.key_path(name), "kv_metadata").await? else {
             return Ok(None);
-        }
-        let data = resp.body.get("data").ok_or_else(|| invalid(&req, "metadata answer has no data"))?;
-        let num = |k: &str| data.get(k).and_then(Value::as_u64).unwrap_or(0);
-        let mut versions = BTreeMap::new();
-        if let Some(map) = data.get("versions").and_then(Value::as_object) {
-            for (v, meta) in map {
-                let Ok(n) = v.parse::<u64>() else { continue };
-                versions.insert(
-                    n,
-                    VersionMeta {
-                        created_time: time(meta.get("created_time")),
-                        deletion_time: time(meta.get("deletion_time")),
-                        destroyed: meta.get("destroyed").and_then(Value::as_bool).unwrap_or(false),
-                    },
-                );
-            }
-        }
-        let custom = match data.get("custom_metadata") {
-            Some(Value::Object(map)) => map
-                .iter()
-                .map(|(k, v)| (k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
-                .collect(),
-            _ => BTreeMap::new(),
         };
+        let versions = m
+            .versions
+            .into_iter()
+            .map(|(n, v)| {
+                let meta = VersionMeta {
+                    created_time: time_text(v.created_time.as_deref()),
+                    deletion_time: time_text(v.deletion_time.as_deref()),
+                    destroyed: v.destroyed,
+                };
+                (n, meta)
+            })
+            .collect();
         Ok(Some(Metadata {
-            current_version: num("current_version"),
-            oldest_version: num("oldest_version"),
-            max_versions: num("max_versions"),
-            created_time: time(data.get("created_time")),
-            updated_time: time(data.get("updated_time")),
+            current_version: m.current_version,
+            oldest_version: m.oldest_version,
+            max_versions: m.max_versions,
+            created_time: time_text(m.created_time.as_deref()),
+            updated_time: time_text(m.updated_time.as_deref()),
             versions,
-            custom,
+            custom: m.custom,
         }))
     }
 
     /// Reads one version's data.
     pub async fn read(&self, name: &KeyName, version: u64) -> Result<VersionRead, VaultError> {
-        let req = Request::get(format!("{}?version={version}", self.path("data", name)), "kv_read");
-        let resp = self.session.request_allowing(&req, &[404]).await?;
-        let meta = resp.body.pointer("/data/metadata");
-        if resp.status == 404 {
-            return Ok(match meta {
-                Some(m) if m.get("destroyed").and_then(Value::as_bool) == Some(true) => VersionRead::Destroyed,
-                Some(m) if time(m.get("deletion_time")).is_some() => VersionRead::Deleted,
-                _ => VersionRead::Missing,
-            });
-        }
-        let data = match resp.body.pointer("/data/data") {
-            Some(Value::Object(map)) => map.clone(),
-            Some(Value::Null) | None => return Ok(VersionRead::Deleted),
-            Some(other) => {
-                return Err(invalid(
-                    &req,
-                    &format!("data of {name} v{version} is a {}, not an object", json_type(other)),
-                ))
-            }
+        let read = self.session.kv_read(&self.mount, &self.key_path(name), Some(version), "kv_read").await?;
+        let data = match read {
+            KvRead::Live { data, .. } => data,
+            KvRead::Deleted { destroyed: true, .. } => return Ok(VersionRead::Destroyed),
+            KvRead::Deleted { .. } => return Ok(VersionRead::Deleted),
+            KvRead::Missing => return Ok(VersionRead::Missing),
         };
         Ok(VersionRead::Live(parse_key_data(name, version, data)?))
     }
@@ -203,16 +173,7 @@ impl Kv {
     /// Writes a new version with check-and-set: succeeds only if the latest version is still
     /// `cas` (0 = the key must not exist). Returns the new version number.
     pub async fn write(&self, name: &KeyName, data: &KeyData, cas: u64) -> Result<u64, VaultError> {
-        let req = Request::post(
-            self.path("data", name),
-            "kv_write",
-            json!({ "options": { "cas": cas }, "data": data.to_json() }),
-        );
-        let resp = self.session.request(&req).await?;
-        resp.body
-            .pointer("/data/version")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| invalid(&req, "write answer has no data.version"))
+        self.session.kv_write(&self.mount, &self.key_path(name), &data.to_json(), Some(cas), "kv_write").await
     }
 
     /// Merge-PATCHes custom_metadata (`null` deletes a field). Other fields, including other
@@ -221,8 +182,7 @@ impl Kv {
         if patch.is_empty() {
             return Ok(());
         }
-        let req = Request::patch(self.path("metadata", name), "kv_patch_metadata", json!({ "custom_metadata": patch }));
-        match self.session.request(&req).await {
+        match self.session.kv_patch_metadata(&self.mount, &self.key_path(name), patch, "kv_patch_metadata").await {
             Ok(_) => Ok(()),
             Err(VaultError::Api { status: 405 | 415, method, path, message }) => Err(VaultError::Api {
                 status: 405,
@@ -248,29 +208,30 @@ impl Kv {
     /// replaces custom_metadata whole: only for a key that does not exist (see
     /// [`super::KeyStore::record_intent`]).
     pub async fn create_metadata(&self, name: &KeyName, custom: Map<String, Value>) -> Result<(), VaultError> {
-        let custom: Map<String, Value> = custom.into_iter().filter(|(_, v)| !v.is_null()).collect();
-        let req =
-            Request::post(self.path("metadata", name), "kv_create_metadata", json!({ "custom_metadata": custom }));
-        self.session.request(&req).await.map(|_| ())
+        let custom: BTreeMap<String, String> = custom
+            .into_iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| (k, v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
+            .collect();
+        self.session.kv_set_metadata(&self.mount, &self.key_path(name), None, Some(custom), "kv_create_metadata").await
     }
 
-    /// `<mount>/data/<prefix>/_promotions/<name>`: which promotion of a key was last counted.
+    /// `<prefix>/_promotions/<name>`: which promotion of a key was last counted.
     fn promotion_path(&self, name: &KeyName) -> String {
-        format!("{}/data/{}/_promotions/{name}", self.mount, self.prefix)
+        format!("{}/_promotions/{name}", self.prefix)
     }
 
     /// The promotion record of a key: its KV version (0: none yet, the `cas` for the next
     /// write) and the (version, fingerprint) it counted.
     pub async fn promotion_record(&self, name: &KeyName) -> Result<(u64, Option<(u64, String)>), VaultError> {
-        let req = Request::get(self.promotion_path(name), "kv_read_promotion");
-        let resp = self.session.request_allowing(&req, &[404]).await?;
-        let at = resp.body.pointer("/data/metadata/version").and_then(Value::as_u64).unwrap_or(0);
-        if resp.status == 404 {
-            return Ok((at, None));
-        }
-        let data = resp.body.pointer("/data/data");
-        let version = data.and_then(|d| d.get("version")).and_then(Value::as_u64);
-        let fp = data.and_then(|d| d.get("fingerprint")).and_then(Value::as_str).map(str::to_string);
+        let (at, data) =
+            match self.session.kv_read(&self.mount, &self.promotion_path(name), None, "kv_read_promotion").await? {
+                KvRead::Live { data, version } => (version, data),
+                KvRead::Deleted { version, .. } => return Ok((version, None)),
+                KvRead::Missing => return Ok((0, None)),
+            };
+        let version = data.get("version").and_then(Value::as_u64);
+        let fp = data.get("fingerprint").and_then(Value::as_str).map(str::to_string);
         Ok((at, version.zip(fp)))
     }
 
@@ -284,40 +245,35 @@ impl Kv {
         fingerprint: &str,
         by: &str,
     ) -> Result<(), VaultError> {
-        let req = Request::post(
-            self.promotion_path(name),
-            "kv_write_promotion",
-            json!({ "options": { "cas": cas }, "data": { "version": version, "fingerprint": fingerprint, "by": by } }),
-        );
-        self.session.request(&req).await.map(|_| ())
+        let data = json!({ "version": version, "fingerprint": fingerprint, "by": by });
+        self.session
+            .kv_write(&self.mount, &self.promotion_path(name), &data, Some(cas), "kv_write_promotion")
+            .await
+            .map(|_| ())
     }
 
     /// Soft-deletes versions (recoverable with [`Self::undelete`]).
     pub async fn delete_versions(&self, name: &KeyName, versions: &[u64]) -> Result<(), VaultError> {
-        self.versions_call("delete", "kv_delete", name, versions).await
+        self.versions_call(VersionAction::Delete, "kv_delete", name, versions).await
     }
 
     pub async fn undelete(&self, name: &KeyName, versions: &[u64]) -> Result<(), VaultError> {
-        self.versions_call("undelete", "kv_undelete", name, versions).await
+        self.versions_call(VersionAction::Undelete, "kv_undelete", name, versions).await
     }
 
     /// Destroys versions' data for good (their metadata and fingerprints stay).
     pub async fn destroy(&self, name: &KeyName, versions: &[u64]) -> Result<(), VaultError> {
-        self.versions_call("destroy", "kv_destroy", name, versions).await
+        self.versions_call(VersionAction::Destroy, "kv_destroy", name, versions).await
     }
 
     async fn versions_call(
         &self,
-        kind: &str,
+        action: VersionAction,
         op: &'static str,
         name: &KeyName,
         versions: &[u64],
     ) -> Result<(), VaultError> {
-        if versions.is_empty() {
-            return Ok(());
-        }
-        let req = Request::post(self.path(kind, name), op, json!({ "versions": versions }));
-        self.session.request(&req).await.map(|_| ())
+        self.session.kv_versions(action, &self.mount, &self.key_path(name), versions, op).await
     }
 }
 
@@ -350,14 +306,6 @@ fn json_type(v: &Value) -> &'static str {
 }
 
 /// KV's times: RFC 3339, with `""` meaning unset.
-fn time(v: Option<&Value>) -> Option<DateTime<Utc>> {
-    v.and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-        .map(|t| t.with_timezone(&Utc))
-}
-
-fn invalid(req: &Request, detail: &str) -> VaultError {
-    let (method, path) = req.describe();
-    VaultError::InvalidResponse { method, path, detail: detail.into() }
+fn time_text(v: Option<&str>) -> Option<DateTime<Utc>> {
+    v.filter(|s| !s.is_empty()).and_then(|s| DateTime::parse_from_rfc3339(s).ok()).map(|t| t.with_timezone(&Utc))
 }

@@ -1,9 +1,9 @@
 //! Auth methods: turn `[vault.auth]` into a Vault token. Credentials are read from their files
 //! at every login (so rotated files are picked up) and held only in [`Secret`]s.
 
-use super::client::{Request, VaultClient};
+use super::client::{with_status, Method, Request, VaultClient};
+use super::config::{AppRoleAuth, AuthConfig, KubernetesAuth};
 use super::error::VaultError;
-use crate::config::{AppRoleAuth, AuthConfig};
 use crate::secret::Secret;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -134,8 +134,12 @@ impl Authenticator {
                 cfg.secret_id_file.display()
             )));
         }
-        let body = json!({ "role_id": role_id.expose(), "secret_id": secret_id.expose() });
-        let answer = client.send(&Request::post(&path, "login", body), None).await;
+        let (mount, role_id, secret_id) = (cfg.mount.as_str(), role_id.expose(), secret_id.expose());
+        let answer = client
+            .call_ok(&login_request(&path), None, |a| {
+                with_status(200, async move { vaultrs::auth::approle::login(&a, mount, role_id, secret_id).await })
+            })
+            .await;
         let refused = matches!(answer, Err(VaultError::Api { status: 400 | 403, .. }));
         let result = answer.map_err(|e| match e {
             VaultError::Api { status: 400, message, .. } => VaultError::Auth(format!(
@@ -163,8 +167,8 @@ impl Authenticator {
                 Err(_) => {} // transient: the credentials may still be good
             }
         }
-        let resp = result?;
-        Ok(LoginResult { token: client_token(&resp.body, &path)?, origin: format!("approle login at {path}") })
+        let auth = result?;
+        Ok(LoginResult { token: client_token(auth, &path)?, origin: format!("approle login at {path}") })
     }
 
     /// The secret_id: from the file (unwrapping it when wrapped), or from memory when the file
@@ -204,17 +208,21 @@ impl Authenticator {
 
 /// `sys/wrapping/unwrap` with the wrapping token as the request token.
 async fn unwrap_secret_id(client: &VaultClient, wrapping_token: &Secret, file: &Path) -> Result<Secret, VaultError> {
-    let req = Request::post("sys/wrapping/unwrap", "unwrap", json!({}));
-    let resp = client.send(&req, Some(wrapping_token)).await.map_err(|e| match e {
+    let req = Request::new(Method::Post, "sys/wrapping/unwrap", "unwrap");
+    let data: Value = client
+        .call_ok(&req, Some(wrapping_token), |a| {
+            with_status(200, async move { vaultrs::sys::wrapping::unwrap::<Value>(&a, None).await })
+        })
+        .await
+        .map_err(|e| match e {
         VaultError::Api { status: 400 | 403, message, .. } => VaultError::Auth(format!(
             "the response-wrapped secret_id in {} could not be unwrapped ({message}); wrapping tokens work once: write a freshly wrapped secret_id to that file",
             file.display()
         )),
         other => other,
     })?;
-    let secret_id = resp
-        .body
-        .pointer("/data/secret_id")
+    let secret_id = data
+        .get("secret_id")
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
         .ok_or_else(|| {
@@ -235,8 +243,13 @@ async fn login_with_jwt(
     method: &str,
 ) -> Result<LoginResult, VaultError> {
     let path = format!("auth/{mount}/login");
-    let body = json!({ "role": role, "jwt": jwt.expose() });
-    let resp = client.send(&Request::post(&path, "login", body), None).await.map_err(|e| match e {
+    let jwt_text = jwt.expose();
+    let auth = client
+        .call_ok(&login_request(&path), None, |a| {
+            with_status(200, async move { vaultrs::auth::oidc::login(&a, mount, jwt_text, Some(role.to_string())).await })
+        })
+        .await
+        .map_err(|e| match e {
         VaultError::Api { status: 400 | 403, message, .. } => VaultError::Auth(format!(
             "{method} login at {path} with role {role:?} was refused ({message}); check the token in {} and the role's bound claims / audiences",
             file.display()
@@ -246,11 +259,13 @@ async fn login_with_jwt(
         )),
         other => other,
     })?;
-    Ok(LoginResult { token: client_token(&resp.body, &path)?, origin: format!("{method} login at {path}") })
+    Ok(LoginResult { token: client_token(auth, &path)?, origin: format!("{method} login at {path}") })
 }
 
 /// Vault's TLS certificate auth: the client certificate (vault.client_cert / client_key) is
-/// presented in the TLS handshake, the body only names the role.
+/// presented in the TLS handshake, the body only names the role. Sent as a raw request:
+/// vaultrs' cert login puts the role in a `cert_name` field, which Vault ignores (it reads
+/// `name`), so `vault.auth.name` would be dropped without a word.
 async fn login_with_cert(client: &VaultClient, mount: &str, name: Option<&str>) -> Result<LoginResult, VaultError> {
     let settings = client.settings();
     let Some(cert) = settings.client_cert.clone() else {
@@ -275,7 +290,8 @@ async fn login_with_cert(client: &VaultClient, mount: &str, name: Option<&str>) 
         )),
         other => other,
     })?;
-    Ok(LoginResult { token: client_token(&resp.body, &path)?, origin: format!("cert login at {path}") })
+    let token = resp.body.pointer("/auth/client_token").and_then(Value::as_str).map(str::to_string);
+    Ok(LoginResult { token: client_token_of(token, &path)?, origin: format!("cert login at {path}") })
 }
 
 /// Kubernetes login. Vault checks the service account's name and namespace from the token's
@@ -283,16 +299,17 @@ async fn login_with_cert(client: &VaultClient, mount: &str, name: Option<&str>) 
 /// live; its refusals ("namespace not authorized", "permission denied") say little, so the
 /// error names the service account the token is for (from its unverified claims: not secret)
 /// and what to change.
-async fn login_kubernetes(
-    client: &VaultClient,
-    cfg: &crate::config::KubernetesAuth,
-    jwt: &Secret,
-) -> Result<LoginResult, VaultError> {
+async fn login_kubernetes(client: &VaultClient, cfg: &KubernetesAuth, jwt: &Secret) -> Result<LoginResult, VaultError> {
     let path = format!("auth/{}/login", cfg.mount);
     let role = &cfg.role;
-    let body = json!({ "role": role, "jwt": jwt.expose() });
+    let (mount, role_text, jwt_text) = (cfg.mount.as_str(), role.as_str(), jwt.expose());
     let file = cfg.jwt_file.display();
-    let resp = client.send(&Request::post(&path, "login", body), None).await.map_err(|e| match e {
+    let auth = client
+        .call_ok(&login_request(&path), None, |a| {
+            with_status(200, async move { vaultrs::auth::kubernetes::login(&a, mount, role_text, jwt_text).await })
+        })
+        .await
+        .map_err(|e| match e {
         VaultError::Api { status: 400 | 403, message, .. } => {
             let who = match ServiceAccount::from_jwt(jwt) {
                 Some(sa) => format!("the token in {file} is for service account {:?} in namespace {:?}", sa.name, sa.namespace),
@@ -314,7 +331,7 @@ async fn login_kubernetes(
         )),
         other => other,
     })?;
-    Ok(LoginResult { token: client_token(&resp.body, &path)?, origin: format!("kubernetes login at {path}") })
+    Ok(LoginResult { token: client_token(auth, &path)?, origin: format!("kubernetes login at {path}") })
 }
 
 /// The service account a Kubernetes token names in its claims: the projected-token form
@@ -369,16 +386,22 @@ fn base64url_decode(text: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-fn client_token(body: &Value, path: &str) -> Result<Secret, VaultError> {
-    body.pointer("/auth/client_token")
-        .and_then(Value::as_str)
-        .filter(|t| !t.is_empty())
-        .map(Secret::credential)
-        .ok_or_else(|| VaultError::InvalidResponse {
-            method: "POST".into(),
-            path: path.into(),
-            detail: "login answer has no auth.client_token".into(),
-        })
+/// `POST auth/<mount>/login`, for messages and metrics (the body is vaultrs').
+fn login_request(path: &str) -> Request {
+    Request::new(Method::Post, path, "login")
+}
+
+/// The token of a login answer.
+fn client_token(auth: vaultrs::api::AuthInfo, path: &str) -> Result<Secret, VaultError> {
+    client_token_of(Some(auth.client_token), path)
+}
+
+fn client_token_of(token: Option<String>, path: &str) -> Result<Secret, VaultError> {
+    token.filter(|t| !t.is_empty()).map(Secret::credential).ok_or_else(|| VaultError::InvalidResponse {
+        method: "POST".into(),
+        path: path.into(),
+        detail: "login answer has no auth.client_token".into(),
+    })
 }
 
 /// Reads a one-line credential file; trims whitespace. Errors name the file and the field.

@@ -1,11 +1,15 @@
-//! The HTTP layer: one `reqwest` client per Vault address, request building (token,
-//! namespace, wrap TTL), status → [`VaultError`] mapping, and per-operation request counts.
+//! The HTTP layer: one `reqwest` client per Vault address (TLS settings, no redirects), the
+//! failover and election retry over the addresses, status → [`VaultError`] mapping, and
+//! per-operation request counts. Every call is made by vaultrs (see `transport.rs`); this file
+//! decides where it goes, how often, and what its failure means.
 
+use super::config::VaultConfig;
 use super::error::VaultError;
-use crate::config::VaultConfig;
+use super::transport::{self, Attempt, Failure};
 use crate::secret::Secret;
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -231,10 +235,17 @@ impl RequestStats {
 
 /// One address and the HTTP client that talks to it (its own, so `tls_server_name` can map
 /// the certificate name to this address).
-#[derive(Debug)]
 struct Endpoint {
     url: Url,
     http: reqwest::Client,
+    /// vaultrs' settings for this address, every field set (see `transport.rs`).
+    vaultrs: Arc<vaultrs::client::VaultClientSettings>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint").field("url", &self.url.as_str()).finish()
+    }
 }
 
 /// How long one request keeps retrying while no node is active (a raft election took
@@ -402,7 +413,13 @@ impl VaultClient {
             }
             let http =
                 builder.build().map_err(|e| VaultError::Settings(format!("cannot build the HTTP client: {e}")))?;
-            endpoints.push(Endpoint { url, http });
+            let vaultrs = Arc::new(transport::vaultrs_settings(
+                &url,
+                settings.namespace.clone(),
+                settings.timeout,
+                settings.skip_verify,
+            ));
+            endpoints.push(Endpoint { url, http, vaultrs });
         }
         Ok(VaultClient {
             endpoints: Arc::new(endpoints),
@@ -450,24 +467,34 @@ impl VaultClient {
         self.cli_name()
     }
 
-    fn url(&self, endpoint: &Endpoint, req: &Request) -> Result<Url, VaultError> {
-        let base = endpoint.url.as_str().trim_end_matches('/');
-        let mut url = Url::parse(&format!("{base}/v1/{}", req.path.trim_start_matches('/')))
-            .map_err(|e| VaultError::Settings(format!("cannot build a URL for {}: {e}", req.path)))?;
-        if req.method == Method::List {
-            url.query_pairs_mut().append_pair("list", "true");
-        }
-        Ok(url)
+    /// Sends a request vaultrs has no function for (see `transport.rs`) and returns the
+    /// answer whatever its status; only a missing answer is an error. Use [`Self::send`]
+    /// unless non-2xx bodies matter.
+    pub async fn send_raw(&self, req: &Request, token: Option<&Secret>) -> Result<Response, VaultError> {
+        let answer = self.call(req, token, |a| async move { transport::send_raw(&a, req).await }).await?;
+        Ok(answer.unwrap_or_else(|resp| resp))
     }
 
-    /// Sends a request and returns the answer whatever its status; only a missing answer is
-    /// an error. Use [`Self::send`] unless non-2xx bodies matter (soft-deleted reads).
+    /// Makes one call through vaultrs: `f` gets an [`Attempt`] (a vaultrs client for one
+    /// address) and returns vaultrs' answer with the 2xx status it stands for (200 for a
+    /// value, 204 for an empty answer: vaultrs does not say). `req` names the call in
+    /// messages and metrics; its body is not sent (the call is `f`'s). Returns the value, or
+    /// Vault's answer when it was outside 2xx; only a missing answer is an error.
     ///
     /// With several addresses, one that does not answer, is sealed or is a standby without a
     /// leader is skipped for the next. When every node that answers says no node is active
-    /// (a 307 to a dead leader, or a 503 during a raft election), the request is retried with
-    /// backoff for up to [`ELECTION_PATIENCE`].
-    pub async fn send_raw(&self, req: &Request, token: Option<&Secret>) -> Result<Response, VaultError> {
+    /// (a 307 to a dead leader, or a 503 during a raft election), the call is retried with
+    /// backoff for up to [`ELECTION_PATIENCE`]. A write answered 307 is never sent again.
+    pub(crate) async fn call<T, F, Fut>(
+        &self,
+        req: &Request,
+        token: Option<&Secret>,
+        f: F,
+    ) -> Result<Result<T, Response>, VaultError>
+    where
+        F: Fn(Attempt) -> Fut,
+        Fut: Future<Output = Result<(T, u16), vaultrs::error::ClientError>>,
+    {
         let started = std::time::Instant::now();
         let mut delay = Duration::from_millis(250);
         let n = self.endpoints.len();
@@ -477,11 +504,11 @@ impl VaultClient {
             let mut not_serving: Option<(usize, Response)> = None;
             for k in 0..n {
                 let i = (first + k) % n;
-                match self.send_once(i, req, token).await {
+                match self.try_once(i, req, token, &f).await {
                     // A standby answers 307 also when forwarding to the leader failed midway
                     // (Vault falls back to a redirect on any forwarding error), so a write
                     // may have been done: never send it again, report it as an answer lost.
-                    Ok(resp) if resp.status == 307 && !matches!(req.method, Method::Get | Method::List) => {
+                    Ok(Err(resp)) if resp.status == 307 && !matches!(req.method, Method::Get | Method::List) => {
                         return Err(VaultError::Unreachable {
                             address: self.settings.addresses[i].as_str().trim_end_matches('/').to_string(),
                             op: format!("{} {}", req.method.as_str(), req.path),
@@ -489,21 +516,19 @@ impl VaultClient {
                             connected: true,
                         });
                     }
-                    Ok(resp) => match not_serving_reason(&resp) {
-                        Some(_) if n > 1 || is_election(&resp) => {
-                            tracing::debug!(address = %self.settings.addresses[i], status = resp.status, "Vault node cannot serve; trying the next");
-                            if not_serving.as_ref().is_none_or(|(_, r)| !is_election(r)) {
-                                not_serving = Some((i, resp));
-                            }
+                    Ok(Err(resp)) if not_serving_reason(&resp).is_some() && (n > 1 || is_election(&resp)) => {
+                        tracing::debug!(address = %self.settings.addresses[i], status = resp.status, "Vault node cannot serve; trying the next");
+                        if not_serving.as_ref().is_none_or(|(_, r)| !is_election(r)) {
+                            not_serving = Some((i, resp));
                         }
-                        _ => {
-                            if i != first {
-                                self.active.store(i, Ordering::Relaxed);
-                                tracing::info!(address = %self.settings.addresses[i], "switched to another Vault address");
-                            }
-                            return Ok(resp);
+                    }
+                    Ok(answer) => {
+                        if i != first {
+                            self.active.store(i, Ordering::Relaxed);
+                            tracing::info!(address = %self.settings.addresses[i], "switched to another Vault address");
                         }
-                    },
+                        return Ok(answer);
+                    }
                     // Only a request that never reached a server is safe to send elsewhere;
                     // one cut off mid-way may have been done (the caller knows how to check).
                     Err(VaultError::Unreachable { address, op, detail, connected: false }) if n > 1 => {
@@ -554,64 +579,59 @@ impl VaultClient {
         self.settings.addresses.iter().map(|a| a.as_str().trim_end_matches('/')).collect::<Vec<_>>().join(", ")
     }
 
-    /// One attempt at endpoint `i`.
-    async fn send_once(&self, i: usize, req: &Request, token: Option<&Secret>) -> Result<Response, VaultError> {
+    /// One try at endpoint `i`: counted in the request metrics and traced by method, path and
+    /// status only (the token travels in a header and secrets in bodies, and neither is ever
+    /// logged: the suite checks trace output against every secret).
+    async fn try_once<T, F, Fut>(
+        &self,
+        i: usize,
+        req: &Request,
+        token: Option<&Secret>,
+        f: &F,
+    ) -> Result<Result<T, Response>, VaultError>
+    where
+        F: Fn(Attempt) -> Fut,
+        Fut: Future<Output = Result<(T, u16), vaultrs::error::ClientError>>,
+    {
         let endpoint = &self.endpoints[i];
         let address = self.settings.addresses[i].as_str().trim_end_matches('/').to_string();
-        let url = self.url(endpoint, req)?;
-        let method = match req.method {
-            Method::Get | Method::List => reqwest::Method::GET,
-            Method::Post => reqwest::Method::POST,
-            Method::Put => reqwest::Method::PUT,
-            Method::Patch => reqwest::Method::PATCH,
-            Method::Delete => reqwest::Method::DELETE,
-        };
-        let mut builder = endpoint.http.request(method, url).header("X-Vault-Request", "true");
-        if let Some(token) = token {
-            builder = builder.header("X-Vault-Token", token.expose());
-        }
-        if let Some(ns) = &self.settings.namespace {
-            builder = builder.header("X-Vault-Namespace", ns);
-        }
-        if let Some(ttl) = &req.wrap_ttl {
-            builder = builder.header("X-Vault-Wrap-TTL", ttl);
-        }
-        if let Some(body) = &req.body {
-            let content_type =
-                if req.method == Method::Patch { "application/merge-patch+json" } else { "application/json" };
-            builder = builder.header("Content-Type", content_type).body(body.to_string());
-        }
-        let op = format!("{} {}", req.method.as_str(), req.path);
-        let answer = match builder.send().await {
-            Ok(a) => a,
-            Err(e) => {
-                self.stats.record(req.op, 0);
-                return Err(self.transport_error(address, op, &e));
-            }
-        };
-        let status = answer.status().as_u16();
-        self.stats.record(req.op, status);
-        // Method, path and status only: the token travels in a header and secrets in bodies,
-        // and neither is ever logged (the suite checks trace output against every secret).
-        tracing::trace!(method = req.method.as_str(), path = %req.path, status, "vault request");
-        let bytes = answer.bytes().await.map_err(|e| VaultError::Unreachable {
-            address: address.clone(),
-            op: op.clone(),
-            detail: transport_detail(&e),
-            connected: true,
-        })?;
-        let body = if bytes.iter().all(u8::is_ascii_whitespace) {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).map_err(|e| VaultError::InvalidResponse {
-                method: req.method.as_str().into(),
-                path: req.path.clone(),
-                detail: format!(
-                    "HTTP {status} with a body that is not JSON ({e}); is vault.address pointing at Vault?"
+        let attempt = Attempt::new(
+            endpoint.url.as_str(),
+            endpoint.http.clone(),
+            endpoint.vaultrs.clone(),
+            token,
+            req.wrap_ttl.as_deref(),
+        )
+        .map_err(|m| VaultError::Auth(m.into()))?;
+        let (status, result) = match f(attempt).await {
+            Ok((value, status)) => (status, Ok(Ok(value))),
+            Err(e) => match transport::classify(e) {
+                Failure::Answer(resp) => (resp.status, Ok(Err(resp))),
+                Failure::Transport { error: Some(e), .. } => {
+                    (0, Err(self.transport_error(address, format!("{} {}", req.method.as_str(), req.path), &e)))
+                }
+                Failure::Transport { detail, connected, error: None } => (
+                    0,
+                    Err(VaultError::Unreachable {
+                        address,
+                        op: format!("{} {}", req.method.as_str(), req.path),
+                        detail,
+                        connected,
+                    }),
                 ),
-            })?
+                Failure::Invalid(detail) => (
+                    200,
+                    Err(VaultError::InvalidResponse {
+                        method: req.method.as_str().into(),
+                        path: req.path.clone(),
+                        detail: format!("{detail}; is vault.address pointing at Vault?"),
+                    }),
+                ),
+            },
         };
-        Ok(Response { status, body })
+        self.stats.record(req.op, status);
+        tracing::trace!(method = req.method.as_str(), path = %req.path, status, "vault request");
+        result
     }
 
     /// A transport error; certificate problems become [`VaultError::Tls`] naming the setting
@@ -630,6 +650,23 @@ impl VaultClient {
         let resp = self.send_raw(req, token).await?;
         check_status(req, resp)
     }
+
+    /// [`Self::call`] where any answer outside 2xx becomes a [`VaultError`].
+    pub(crate) async fn call_ok<T, F, Fut>(&self, req: &Request, token: Option<&Secret>, f: F) -> Result<T, VaultError>
+    where
+        F: Fn(Attempt) -> Fut,
+        Fut: Future<Output = Result<(T, u16), vaultrs::error::ClientError>>,
+    {
+        self.call(req, token, f).await?.map_err(|resp| answer_error(req, resp))
+    }
+}
+
+/// A vaultrs call's value with the 2xx status it stands for (for the request metrics).
+pub(crate) async fn with_status<T>(
+    status: u16,
+    call: impl Future<Output = Result<T, vaultrs::error::ClientError>>,
+) -> Result<(T, u16), vaultrs::error::ClientError> {
+    call.await.map(|value| (value, status))
 }
 
 /// Why a node cannot serve this request, when its answer says so: sealed, standby without a
@@ -736,12 +773,17 @@ pub(crate) fn check_status(req: &Request, resp: Response) -> Result<Response, Va
     if (200..300).contains(&resp.status) {
         return Ok(resp);
     }
+    Err(answer_error(req, resp))
+}
+
+/// The error for an answer outside 2xx; CAS mismatches get their own variant.
+pub(crate) fn answer_error(req: &Request, resp: Response) -> VaultError {
     let message = resp.error_text();
     let (method, path) = req.describe();
     if resp.status == 400 && message.contains("check-and-set parameter did not match") {
-        return Err(VaultError::CasConflict { path });
+        return VaultError::CasConflict { path };
     }
-    Err(VaultError::Api { method, path, status: resp.status, message })
+    VaultError::Api { method, path, status: resp.status, message }
 }
 
 /// The innermost cause of a transport error ("Connection refused", "certificate unknown").
@@ -761,7 +803,7 @@ fn transport_detail(err: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::VaultConfig;
+    use crate::vault::VaultConfig;
     use std::collections::HashMap;
 
     fn resolve(cfg: &VaultConfig, env: &[(&str, &str)]) -> Result<VaultSettings, VaultError> {

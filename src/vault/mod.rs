@@ -1,19 +1,51 @@
-//! Talking to Vault / OpenBao: the HTTP client, auth methods and the token lifecycle.
+//! Talking to Vault / OpenBao: the HTTP client, auth methods, the token lifecycle and KV v2.
 //!
 //! The rest of keysync speaks in keys, versions and fingerprints; this module is the only
-//! place that knows Vault's HTTP API. We call the API with `reqwest` directly instead of
-//! through vaultrs: we need merge-PATCH, LIST, per-request metrics, one error type that names
-//! the path, and re-authentication on a dead token in one place, none of which vaultrs offers,
-//! and its settings builder panics on a bad URL and reads `VAULT_*` silently.
+//! place that knows Vault's HTTP API, and vaultrs makes the calls: the AppRole, JWT and
+//! Kubernetes logins, token lookup-self and renew-self, unwrapping, and KV v2 read, list,
+//! metadata read and write, check-and-set write, delete, undelete, destroy and removal
+//! (`kv.rs`, `auth.rs`, `session.rs`). Around vaultrs, keysync keeps what it does not do:
+//!
+//! - vaultrs' settings builder panics on a bad URL and reads `VAULT_*` for every field left
+//!   unset: keysync never uses it. Addresses are checked with [`parse_address`], `VAULT_*`
+//!   is read once, visibly, in [`VaultSettings::resolve`], and vaultrs' settings are built with
+//!   every field set (`transport.rs`). Its middleware panics on a token or namespace that
+//!   cannot be a header value: those are checked first and refused with a message.
+//! - TLS (`ca_cert`, `ca_path`, `tls_server_name`, client certificate, `skip_verify`), no
+//!   redirects, timeouts: each address gets its own `reqwest` client, handed to vaultrs'
+//!   HTTP client.
+//! - Several addresses with failover, the retry through a raft election (307 / 503), never
+//!   resending a write answered 307, and telling "not sent" from "maybe done" for writes
+//!   (`Unreachable { connected }`, which rotation uses to decide landed / not landed /
+//!   unknown): vaultrs talks to one address and folds every failure into one error, so each
+//!   call is one closure that `client.rs` runs against each address and whose failure
+//!   `transport.rs` sorts back into an answer (status, body) or a transport failure.
+//! - Per-request metrics by operation and status, errors that name method, path and the fix
+//!   ([`VaultError`]), and one re-authentication point ([`Session`]: a 403 is checked with
+//!   lookup-self, a dead token replaced and the call made once more).
+//!
+//! Calls vaultrs has no function for, or would get wrong, go through vaultrs' HTTP client
+//! as one raw endpoint (`transport.rs`, [`Request`]): merge-PATCH of KV data and of
+//! custom_metadata (vaultrs has no PATCH and never sets the `application/merge-patch+json`
+//! content type), the KV mount check (`sys/internal/ui/mounts`), the server flavour
+//! (`sys/seal-status`, whose version vaultrs does not return), and the cert login (vaultrs
+//! sends the role as `cert_name`, which Vault ignores, so `vault.auth.name` would be lost).
+//! vaultrs' lookup-self answer has no token type; a token without an accessor is reported as
+//! a batch token.
 
 mod auth;
 mod client;
+mod config;
 mod error;
+mod kv;
 mod session;
+mod transport;
 
 pub use auth::{Authenticator, LoginResult};
 pub use client::{cli_name, Method, Request, Response, VaultClient, VaultSettings};
+pub use config::{AppRoleAuth, AuthConfig, CertAuth, InvalidField, JwtAuth, KubernetesAuth, TokenAuth, VaultConfig};
 pub use error::VaultError;
+pub use kv::{KvMetadata, KvRead, KvVersionMetadata, VersionAction};
 pub use session::{Session, TokenInfo};
 
 use url::Url;

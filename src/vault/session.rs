@@ -7,11 +7,13 @@
 //! renewal fails or max TTL nears, backing off exponentially with jitter (never a hot loop).
 
 use super::auth::Authenticator;
-use super::client::{check_status, Request, Response, VaultClient};
+use super::client::{answer_error, with_status, Request, Response, VaultClient};
 use super::error::{PolicyList, VaultError};
+use super::transport::{self, Attempt};
 use crate::secret::Secret;
 use backon::{ExponentialBuilder, Retryable};
-use serde_json::{json, Value};
+use serde_json::Value;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -169,18 +171,10 @@ impl Session {
     /// are (KV reads answer 404 with a body for deleted and destroyed versions).
     pub async fn request_allowing(&self, req: &Request, allowed: &[u16]) -> Result<Response, VaultError> {
         let resp = self.request_raw(req).await?;
-        if allowed.contains(&resp.status) {
+        if allowed.contains(&resp.status) || (200..300).contains(&resp.status) {
             return Ok(resp);
         }
-        if resp.status == 403 {
-            let (method, path) = req.describe();
-            return Err(VaultError::PermissionDenied {
-                method,
-                path,
-                policies: PolicyList(self.token_info().policies),
-            });
-        }
-        check_status(req, resp)
+        Err(self.refusal(req, resp))
     }
 
     /// Like [`Self::request`] but returns any answer (for 404 bodies of deleted versions).
@@ -251,18 +245,70 @@ impl Session {
 
     /// [`Self::request_raw`] without the mount check.
     async fn request_unchecked(&self, req: &Request) -> Result<Response, VaultError> {
+        let answer = self.call_unchecked(req, &|a| async move { transport::send_raw(&a, req).await }).await?;
+        Ok(answer.unwrap_or_else(|resp| resp))
+    }
+
+    /// Makes a call through vaultrs with the session token (see [`VaultClient::call`]): the
+    /// value, or Vault's answer outside 2xx. KV calls check their mount first.
+    pub(crate) async fn call<T, F, Fut>(&self, req: &Request, f: F) -> Result<Result<T, Response>, VaultError>
+    where
+        F: Fn(Attempt) -> Fut,
+        Fut: Future<Output = Result<(T, u16), vaultrs::error::ClientError>>,
+    {
+        if let Some(mount) = kv_mount_of(&req.path) {
+            self.ensure_kv2(mount).await?;
+        }
+        self.call_unchecked(req, &f).await
+    }
+
+    /// [`Self::call`] where an answer outside 2xx and `allowed` becomes an error: a 403 after
+    /// the token was found alive is [`VaultError::PermissionDenied`].
+    pub(crate) async fn call_allowing<T, F, Fut>(
+        &self,
+        req: &Request,
+        allowed: &[u16],
+        f: F,
+    ) -> Result<Result<T, Response>, VaultError>
+    where
+        F: Fn(Attempt) -> Fut,
+        Fut: Future<Output = Result<(T, u16), vaultrs::error::ClientError>>,
+    {
+        match self.call(req, f).await? {
+            Err(resp) if !allowed.contains(&resp.status) => Err(self.refusal(req, resp)),
+            answer => Ok(answer),
+        }
+    }
+
+    /// The error for an answer outside 2xx, naming the token's policies on a 403.
+    fn refusal(&self, req: &Request, resp: Response) -> VaultError {
+        if resp.status == 403 {
+            let (method, path) = req.describe();
+            return VaultError::PermissionDenied { method, path, policies: PolicyList(self.token_info().policies) };
+        }
+        answer_error(req, resp)
+    }
+
+    /// The one re-authentication point: every call with the session token comes through
+    /// here. A 403 is checked with `lookup-self`: a dead token is replaced and the call made
+    /// once more; a live one means the policies refuse it.
+    async fn call_unchecked<T, F, Fut>(&self, req: &Request, f: &F) -> Result<Result<T, Response>, VaultError>
+    where
+        F: Fn(Attempt) -> Fut,
+        Fut: Future<Output = Result<(T, u16), vaultrs::error::ClientError>>,
+    {
         let (token, generation) = self.current();
-        let resp = self.client.send_raw(req, Some(&token)).await?;
-        if resp.status != 403 {
-            return Ok(resp);
+        let answer = self.client.call(req, Some(&token), f).await?;
+        if !matches!(&answer, Err(resp) if resp.status == 403) {
+            return Ok(answer);
         }
         match lookup_self(&self.client, &token).await {
-            Ok(_) => Ok(resp),
+            Ok(_) => Ok(answer),
             Err(e) if e.status() == Some(403) => {
                 tracing::warn!(op = req.op, "Vault token no longer valid; logging in again");
                 self.reauthenticate(generation).await?;
                 let (token, _) = self.current();
-                self.client.send_raw(req, Some(&token)).await
+                self.client.call(req, Some(&token), f).await
             }
             Err(e) => Err(e),
         }
@@ -374,14 +420,21 @@ impl Session {
     /// `renew-self` asking for the token's creation TTL again.
     async fn renew(&self) -> Result<(), VaultError> {
         let (token, creation_ttl) = self.read_state(|s| (s.token.clone(), s.info.creation_ttl_secs));
-        let req = Request::post("auth/token/renew-self", "renew", json!({ "increment": format!("{creation_ttl}s") }));
-        let resp = self.client.send(&req, Some(&token)).await?;
-        let granted = resp.body.pointer("/auth/lease_duration").and_then(Value::as_u64).unwrap_or(0);
+        let req = Request::new(super::client::Method::Post, "auth/token/renew-self", "renew");
+        let increment = format!("{creation_ttl}s");
+        let increment = increment.as_str();
+        let auth = self
+            .client
+            .call_ok(&req, Some(&token), |a| {
+                with_status(200, async move { vaultrs::token::renew_self(&a, Some(increment)).await })
+            })
+            .await?;
+        let granted = auth.lease_duration;
         if granted == 0 {
             return Err(VaultError::InvalidResponse {
                 method: "POST".into(),
                 path: req.path,
-                detail: "renewal answer has no auth.lease_duration".into(),
+                detail: "renewal answer has auth.lease_duration 0".into(),
             });
         }
         let capped = granted + 1 < creation_ttl;
@@ -410,32 +463,29 @@ async fn obtain_token(client: &VaultClient, auth: &Authenticator) -> Result<(Sec
     Ok((login.token, info))
 }
 
-/// `auth/token/lookup-self`.
+/// `auth/token/lookup-self`, through vaultrs. Its answer has no `type`: a token without an
+/// accessor is a batch token (Vault gives only service tokens accessors).
 pub(crate) async fn lookup_self(client: &VaultClient, token: &Secret) -> Result<TokenInfo, VaultError> {
-    let resp = client.send(&Request::get("auth/token/lookup-self", "lookup_self"), Some(token)).await?;
-    let data = resp.body.get("data").cloned().unwrap_or(Value::Null);
-    let strings = |key: &str| -> Vec<String> {
-        data.get(key)
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
-            .unwrap_or_default()
-    };
-    let mut policies = strings("policies");
-    for p in strings("identity_policies") {
+    let req = Request::get("auth/token/lookup-self", "lookup_self");
+    let data = client
+        .call_ok(&req, Some(token), |a| with_status(200, async move { vaultrs::token::lookup_self(&a).await }))
+        .await?;
+    let mut policies = data.policies;
+    for p in data.identity_policies.unwrap_or_default() {
         if !policies.contains(&p) {
             policies.push(p);
         }
     }
-    let text = |key: &str| data.get(key).and_then(Value::as_str).unwrap_or_default().to_string();
+    let token_type = if data.accessor.is_empty() { "batch" } else { "service" };
     Ok(TokenInfo {
-        accessor: text("accessor"),
+        accessor: data.accessor,
         policies,
-        display_name: text("display_name"),
-        ttl_secs: data.get("ttl").and_then(Value::as_u64).unwrap_or(0),
-        creation_ttl_secs: data.get("creation_ttl").and_then(Value::as_u64).unwrap_or(0),
-        renewable: data.get("renewable").and_then(Value::as_bool).unwrap_or(false),
-        expire_time: data.get("expire_time").and_then(Value::as_str).map(str::to_string),
-        token_type: text("type"),
+        display_name: data.display_name,
+        ttl_secs: data.ttl,
+        creation_ttl_secs: data.creation_ttl,
+        renewable: data.renewable.unwrap_or(false),
+        expire_time: data.expire_time,
+        token_type: token_type.into(),
         origin: String::new(),
     })
 }
