@@ -352,13 +352,15 @@ async fn cleanup_deletes_nothing_when_the_list_never_ends() {
         name_prefix: "keysync".into(),
         timeout: keysync::config::HumanDuration::from_secs(5),
     };
-    let err = openai.reconcile("openai", &Default::default(), Duration::from_secs(30)).await.unwrap_err();
+    let unreferenced = std::collections::BTreeSet::new();
+    let cleanup = || keysync::provider::delete_orphans(&openai, "openai", &unreferenced, Duration::from_secs(30));
+    let err = cleanup().await.unwrap_err();
     assert!(err.to_string().contains("no new last_id") && err.to_string().contains("nothing deleted"), "{err}");
     assert_eq!(accounts.lock().unwrap().list_requests.len(), 2, "stopped at the repeated cursor");
     assert!(!accounts.lock().unwrap().accounts[&orphan].1, "nothing deleted from a list never read to its end");
     // The same project with a working list: the orphan (on page 2) goes, nothing else.
     accounts.lock().unwrap().stuck_cursor = false;
-    let deleted = openai.reconcile("openai", &Default::default(), Duration::from_secs(30)).await.unwrap();
+    let deleted = cleanup().await.unwrap();
     assert_eq!(deleted, vec![orphan]);
     assert_eq!(accounts.lock().unwrap().live_names().len(), 150);
 }

@@ -223,7 +223,7 @@ async fn a_hand_put_key_that_the_provider_refuses_is_not_stored() {
         name_prefix: "t".into(),
         timeout: keysync::config::HumanDuration::from_secs(5),
     }
-    .mint()
+    .mint_for("openai")
     .await
     .unwrap();
     assert_eq!(accounts.lock().unwrap().accounts.len(), 1);

@@ -634,7 +634,7 @@ async fn several_agents_finishing_the_same_pending_version_count_it_once() {
     let plan = || KeyPlan {
         name: name.clone(),
         policy: Default::default(),
-        provider: keysync::provider::Provider::Generate(Default::default()),
+        provider: std::sync::Arc::new(keysync::provider::GenerateConfig::default()),
         validation: None,
         grace: Duration::from_secs(3600),
         adopt_after: Duration::from_secs(30),

@@ -283,7 +283,7 @@ impl Config {
                 policy.validate().map_err(|m| FieldError::new(format!("{at}.rotation"), m))?;
             }
             if let Some(p) = &key.provider {
-                crate::provider::Provider::from_config(p)
+                p.build()
                     .map_err(|e| FieldError::new(format!("{at}.provider"), e.to_string()))?;
             }
             if let Some(v) = &key.validation {

@@ -2,7 +2,7 @@
 //! script calling a provider's admin API. keysync runs it without a shell, with a minimal
 //! environment and a timeout, and reads one JSON object from its stdout.
 
-use super::{Minted, ProviderError};
+use super::{BoxFuture, Capabilities, Kind, Minted, Provider, ProviderError};
 use crate::duration::HumanDuration;
 use crate::secret::Secret;
 use chrono::{DateTime, Utc};
@@ -99,6 +99,34 @@ impl CommandProvider {
         let mut env = self.env.clone();
         env.insert("KEYSYNC_KEY_ID".into(), key_id.to_string());
         run(argv, &env, self.timeout()).await.map(|_| ())
+    }
+}
+
+impl Provider for CommandProvider {
+    fn kind(&self) -> &'static str {
+        Self::NAME
+    }
+
+    /// Mints; revokes only with a `revoke_command`. It cannot list what the program made.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { mints: true, revokes: self.can_revoke(), ..Capabilities::default() }
+    }
+
+    fn mint<'a>(&'a self, _key: &'a str) -> BoxFuture<'a, Result<Minted, ProviderError>> {
+        Box::pin(CommandProvider::mint(self))
+    }
+
+    fn revoke<'a>(&'a self, key_id: &'a str) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(CommandProvider::revoke(self, key_id))
+    }
+}
+
+impl Kind for CommandProvider {
+    const NAME: &'static str = "command";
+    type Config = CommandConfig;
+
+    fn build(config: CommandConfig) -> Result<Self, ProviderError> {
+        CommandProvider::new(config)
     }
 }
 

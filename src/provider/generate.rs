@@ -1,7 +1,7 @@
 //! `type = "generate"`: a random key made here from the operating system's CSPRNG, for services
 //! that accept whatever key we configure (gateways, proxies, self-hosted models).
 
-use super::ProviderError;
+use super::{BoxFuture, Capabilities, Kind, Minted, Provider, ProviderError};
 use crate::secret::Secret;
 use rand::rngs::OsRng;
 use rand::TryRngCore;
@@ -91,6 +91,33 @@ impl GenerateConfig {
             }
         }
         Ok(Secret::new(out))
+    }
+}
+
+impl Provider for GenerateConfig {
+    fn kind(&self) -> &'static str {
+        Self::NAME
+    }
+
+    /// Mints only: a generated key exists nowhere else, so there is nothing to revoke or list.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { mints: true, ..Capabilities::default() }
+    }
+
+    fn mint<'a>(&'a self, _key: &'a str) -> BoxFuture<'a, Result<Minted, ProviderError>> {
+        Box::pin(async move {
+            Ok(Minted { api_key: self.generate()?, key_id: None, expires_at: None, fields: Default::default() })
+        })
+    }
+}
+
+impl Kind for GenerateConfig {
+    const NAME: &'static str = "generate";
+    type Config = GenerateConfig;
+
+    fn build(config: GenerateConfig) -> Result<Self, ProviderError> {
+        config.check().map_err(ProviderError::Config)?;
+        Ok(config)
     }
 }
 

@@ -4,10 +4,13 @@
 //! /v1/organization/projects/{project_id}/service_accounts/{id}`. The admin key is read from a
 //! file at each call (never from the config text) and never logged.
 
-use super::{Minted, ProviderError};
+use super::http::{self, Call};
+use super::{BoxFuture, Capabilities, Kind, Minted, OwnKey, Provider, ProviderError};
 use crate::secret::Secret;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use reqwest::header::AUTHORIZATION;
+use reqwest::Method;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -85,17 +88,16 @@ impl OpenAiConfig {
         )
     }
 
-    fn client(&self) -> Result<reqwest::Client, ProviderError> {
-        reqwest::Client::builder()
-            .timeout(self.timeout.get().max(Duration::from_secs(1)))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| ProviderError::Config(format!("cannot build the HTTP client: {e}")))
+    fn call<'a>(&self, what: &'a str, method: Method, url: String) -> Result<Call<'a>, ProviderError> {
+        let admin = self.admin_key()?;
+        Call::new(API, what, method, url, self.timeout.get().max(Duration::from_secs(1)))
+            .secret_header(AUTHORIZATION, "Bearer ", admin.expose())
+            .map_err(|f| ProviderError::Config(format!("{}: {}", self.admin_key_file.display(), f.describe())))
     }
 
     /// The name keysync gives the service account it creates for `key` at unix time `now`:
     /// `<name_prefix>-<key>-<unix time>`. [`Self::is_named_for`] is its exact inverse, which is
-    /// how [`Self::reconcile`] tells the accounts a crash left behind from everyone else's.
+    /// how [`Self::list_own`] tells the accounts a crash left behind from everyone else's.
     fn account_name(&self, key: &str, now: i64) -> String {
         format!("{}-{key}-{now}", self.name_prefix)
     }
@@ -124,49 +126,24 @@ impl OpenAiConfig {
         !tail.is_empty() && tail.len() <= 20 && tail.bytes().all(|b| b.is_ascii_digit())
     }
 
-    pub async fn mint(&self) -> Result<Minted, ProviderError> {
-        self.mint_for("key").await
-    }
-
+    /// Creates a service account named for `key` and returns its key. Never repeated on a
+    /// busy answer: a second create could mint a second account.
     pub async fn mint_for(&self, key: &str) -> Result<Minted, ProviderError> {
-        let admin = self.admin_key()?;
+        let what = "create a service account";
         let name = self.account_name(key, chrono::Utc::now().timestamp());
-        let resp = self
-            .client()?
-            .post(self.url(""))
-            .bearer_auth(admin.expose())
-            .json(&json!({ "name": name }))
-            .send()
-            .await
-            .map_err(|e| {
-                let refused = e.is_connect() || e.is_builder();
-                let message = format!(
-                    "OpenAI Admin API: could not create a service account: {}",
-                    send_error(e, self.timeout.get())
-                );
-                if refused {
-                    ProviderError::ApiRefused(message)
-                } else {
-                    ProviderError::Api(message)
-                }
-            })?;
-        let status = resp.status();
-        let bytes = read_capped(resp, "create a service account").await?;
-        if !status.is_success() {
-            return Err(ProviderError::ApiRefused(format!(
-                "OpenAI Admin API: could not create a service account: HTTP {status}: {}",
-                error_message(&bytes)
-            )));
+        let call = self.call(what, Method::POST, self.url(""))?.json(&json!({ "name": name }));
+        let answer = http::send(&call).await.map_err(|f| call.failed(f))?;
+        if !answer.status.is_success() {
+            return Err(call.status_error(&answer, &error_message(&answer.body)));
         }
-        let body: Value = serde_json::from_slice(&bytes)
-            .map_err(|_| api_error("create a service account", "the answer is not JSON"))?;
+        let body: Value = serde_json::from_slice(&answer.body).map_err(|_| api_error(what, "the answer is not JSON"))?;
         let account = body.get("id").and_then(Value::as_str).filter(|s| !s.is_empty());
         let value = body.pointer("/api_key/value").and_then(Value::as_str).filter(|s| !s.is_empty());
         let (Some(account), Some(value)) = (account, value) else {
-            return Err(api_error("create a service account", "the answer lacks id or api_key.value"));
+            return Err(api_error(what, "the answer lacks id or api_key.value"));
         };
         if value.chars().any(char::is_whitespace) {
-            return Err(api_error("create a service account", "api_key.value contains whitespace"));
+            return Err(api_error(what, "api_key.value contains whitespace"));
         }
         let mut fields = BTreeMap::new();
         fields.insert("project_id".into(), self.project_id.clone());
@@ -176,49 +153,23 @@ impl OpenAiConfig {
         Ok(Minted { api_key: Secret::new(value), key_id: Some(account.to_string()), expires_at: None, fields })
     }
 
-    /// Deletes service accounts keysync created for `key` that no stored version refers to
-    /// and that are older than `older_than`: keys minted by an agent that crashed before it
-    /// could store them. Returns the ids deleted.
+    /// The service accounts keysync created for `key`: those named exactly
+    /// `<name_prefix>-<key>-<unix time>` ([`Self::is_named_for`]), so accounts of other keys
+    /// (`openai-batch` when cleaning up for `openai`), of people, and of other tools are never
+    /// reported. Every page is read first (see [`Self::list_accounts`]).
     ///
-    /// Only accounts named exactly `<name_prefix>-<key>-<unix time>` are candidates
-    /// ([`Self::is_named_for`]), so accounts of other keys (`openai-batch` when cleaning up for
-    /// `openai`), of people, and of other tools are never touched. `referenced` holds the
-    /// `key_id`s of this key's stored versions. That suffices for "never an account any key
-    /// under the prefix refers to": a name matches one key only, and keysync stores an
-    /// account's id only in the key it was minted for. (Someone copying another key's data by
-    /// hand with `keysync put --field key_id=…` could break that; the age cutoff still spares
-    /// anything minted within `older_than`.) Every page is read (`after` = the previous page's
-    /// `last_id`, until `has_more` is false) before anything is deleted.
-    pub async fn reconcile(
-        &self,
-        key: &str,
-        referenced: &std::collections::BTreeSet<String>,
-        older_than: Duration,
-    ) -> Result<Vec<String>, ProviderError> {
+    /// Why that suffices for "never an account any key under the prefix refers to": a name
+    /// matches one key only, and keysync stores an account's id only in the key it was minted
+    /// for. (Someone copying another key's data by hand with `keysync put --field key_id=…`
+    /// could break that; the age cutoff of [`super::delete_orphans`] still spares anything
+    /// minted within `adopt_after`.)
+    pub async fn list_own(&self, key: &str) -> Result<Vec<OwnKey>, ProviderError> {
         let accounts = self.list_accounts().await?;
-        let cutoff =
-            chrono::Utc::now().timestamp().saturating_sub(i64::try_from(older_than.as_secs()).unwrap_or(i64::MAX));
-        let orphans: Vec<&Account> = accounts
-            .iter()
-            .filter(|a| self.is_named_for(key, &a.name) && !referenced.contains(&a.id) && a.created_at <= cutoff)
-            .collect();
-        let mut deleted = Vec::new();
-        let mut first_error = None;
-        for account in orphans.iter() {
-            match self.revoke(&account.id).await {
-                Ok(()) => deleted.push(account.id.clone()),
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        match first_error {
-            None => Ok(deleted),
-            Some(e) => Err(api_error(
-                "delete orphaned service accounts",
-                &format!("deleted {} of {} ({}); first failure: {e}", deleted.len(), orphans.len(), deleted.join(", ")),
-            )),
-        }
+        Ok(accounts
+            .into_iter()
+            .filter(|a| self.is_named_for(key, &a.name))
+            .map(|a| OwnKey { id: a.id, created_at: chrono::DateTime::from_timestamp(a.created_at, 0) })
+            .collect())
     }
 
     /// Every service account of the project, following OpenAI's documented cursor paging:
@@ -226,8 +177,6 @@ impl OpenAiConfig {
     /// […], "first_id", "last_id", "has_more"}` (limit 1–100, default 20; checked 2026-12 at
     /// developers.openai.com/api/reference/resources/organization/subresources/projects/subresources/service_accounts/methods/list).
     async fn list_accounts(&self) -> Result<Vec<Account>, ProviderError> {
-        let admin = self.admin_key()?;
-        let client = self.client()?;
         let what = "list service accounts";
         let mut accounts = Vec::new();
         let mut after: Option<String> = None;
@@ -238,18 +187,12 @@ impl OpenAiConfig {
             if let Some(cursor) = &after {
                 url.query_pairs_mut().append_pair("after", cursor);
             }
-            let resp = client
-                .get(url)
-                .bearer_auth(admin.expose())
-                .send()
-                .await
-                .map_err(|e| api_error(what, &send_error(e, self.timeout.get())))?;
-            let status = resp.status();
-            let bytes = read_capped(resp, what).await?;
-            if !status.is_success() {
-                return Err(api_error(what, &format!("HTTP {status}: {}", error_message(&bytes))));
+            let call = self.call(what, Method::GET, url.to_string())?;
+            let answer = http::send_idempotent(&call).await.map_err(|f| call.failed(f))?;
+            if !answer.status.is_success() {
+                return Err(call.status_error(&answer, &error_message(&answer.body)));
             }
-            let page: Page = serde_json::from_slice(&bytes).map_err(|e| {
+            let page: Page = serde_json::from_slice(&answer.body).map_err(|e| {
                 let why = match e.classify() {
                     serde_json::error::Category::Data => "a field is missing or has the wrong type",
                     _ => "the answer is not JSON",
@@ -281,25 +224,54 @@ impl OpenAiConfig {
 
     /// Deletes the service account (and so its key). Already gone (404) counts as done.
     pub async fn revoke(&self, account_id: &str) -> Result<(), ProviderError> {
-        if account_id.is_empty() || account_id.contains('/') {
-            return Err(ProviderError::Config(format!("{account_id:?} is not a service account id")));
+        if account_id.is_empty() || account_id.contains(['/', '?', '#']) {
+            return Err(ProviderError::BadKeyId { what: "OpenAI service account", key_id: account_id.to_string() });
         }
-        let admin = self.admin_key()?;
-        let resp = self
-            .client()?
-            .delete(self.url(&format!("/{account_id}")))
-            .bearer_auth(admin.expose())
-            .send()
-            .await
-            .map_err(|e| api_error("delete the service account", &send_error(e, self.timeout.get())))?;
-        let status = resp.status();
-        if status.is_success() || status.as_u16() == 404 {
+        let call = self.call("delete the service account", Method::DELETE, self.url(&format!("/{account_id}")))?;
+        let answer = http::send_idempotent(&call).await.map_err(|f| call.failed(f))?;
+        if answer.status.is_success() || answer.status.as_u16() == 404 {
             return Ok(());
         }
-        let bytes = read_capped(resp, "delete the service account").await.unwrap_or_default();
-        Err(api_error("delete the service account", &format!("HTTP {status}: {}", error_message(&bytes))))
+        Err(call.status_error(&answer, &error_message(&answer.body)))
     }
 }
+
+impl Provider for OpenAiConfig {
+    fn kind(&self) -> &'static str {
+        Self::NAME
+    }
+
+    /// Mints, revokes, and lists its own service accounts (for orphan cleanup). Keys are
+    /// checked by `[validation]` (preset `openai`), not by the Admin API.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { mints: true, revokes: true, lists_own: true, validates: false }
+    }
+
+    fn mint<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Minted, ProviderError>> {
+        Box::pin(self.mint_for(key))
+    }
+
+    fn revoke<'a>(&'a self, key_id: &'a str) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(OpenAiConfig::revoke(self, key_id))
+    }
+
+    fn list_own<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Vec<OwnKey>, ProviderError>> {
+        Box::pin(OpenAiConfig::list_own(self, key))
+    }
+}
+
+impl Kind for OpenAiConfig {
+    const NAME: &'static str = "openai";
+    type Config = OpenAiConfig;
+
+    fn build(config: OpenAiConfig) -> Result<Self, ProviderError> {
+        config.check().map_err(ProviderError::Config)?;
+        Ok(config)
+    }
+}
+
+/// Who [`Call`]s name in messages.
+const API: &str = "OpenAI Admin API";
 
 /// Accounts per list request: the documented maximum.
 const PAGE_SIZE: usize = 100;
@@ -331,51 +303,8 @@ fn never_old() -> i64 {
     i64::MAX
 }
 
-/// The most of an Admin API answer keysync reads: real answers are a few KiB (a page of 100
-/// service accounts); anything bigger is refused rather than buffered, so a broken or hostile
-/// endpoint cannot make the agent hold gigabytes.
-pub const MAX_ANSWER: usize = 1024 * 1024;
-
-/// Reads the body chunk by chunk, refusing more than [`MAX_ANSWER`] bytes.
-async fn read_capped(mut resp: reqwest::Response, what: &str) -> Result<Vec<u8>, ProviderError> {
-    let mut out = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| {
-        let why = if e.is_timeout() {
-            "the answer did not arrive in time (timed out)".into()
-        } else {
-            e.without_url().to_string()
-        };
-        api_error(what, &why)
-    })? {
-        if out.len() + chunk.len() > MAX_ANSWER {
-            return Err(api_error(
-                what,
-                &format!(
-                    "the answer is larger than {MAX_ANSWER} bytes; refused (check base_url points at the Admin API)"
-                ),
-            ));
-        }
-        out.extend_from_slice(&chunk);
-    }
-    Ok(out)
-}
-
 fn api_error(what: &str, detail: &str) -> ProviderError {
-    ProviderError::Api(format!("OpenAI Admin API: could not {what}: {detail}"))
-}
-
-/// A failed request, said without the URL (it is in the config) but with the reason.
-fn send_error(e: reqwest::Error, timeout: Duration) -> String {
-    if e.is_timeout() {
-        return format!(
-            "no answer within {} (timed out); retry later or raise the provider's timeout",
-            humantime::format_duration(timeout)
-        );
-    }
-    if e.is_connect() {
-        return "cannot connect; check base_url and the network".into();
-    }
-    e.without_url().to_string()
+    ProviderError::Api(format!("{API}: could not {what}: {detail}"))
 }
 
 /// OpenAI's `{"error": {"message": …}}`, cut short; never the whole body.

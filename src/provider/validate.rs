@@ -2,11 +2,10 @@
 //! authenticated GET (usually `/models`). The answer is three-valued because "the provider is
 //! down" must never be mistaken for "the key is bad" (or worse, "the key is good").
 
+use super::http::{self, Call, Failure, GaveUp, Retried, Retry, Step};
 use crate::duration::HumanDuration;
 use crate::secret::Secret;
-use backon::{BackoffBuilder, ExponentialBuilder};
-use chrono::{DateTime, Utc};
-use reqwest::header::{HeaderName, HeaderValue, AUTHORIZATION, RETRY_AFTER};
+use reqwest::header::{HeaderName, HeaderValue, AUTHORIZATION};
 use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -138,20 +137,6 @@ pub enum Verdict {
     Undecided(String),
 }
 
-/// Retry settings; separate so tests can use short delays.
-#[derive(Clone, Copy, Debug)]
-struct Retry {
-    min_delay: Duration,
-    max_tries: usize,
-    max_retry_after: Duration,
-}
-
-impl Default for Retry {
-    fn default() -> Self {
-        Retry { min_delay: Duration::from_millis(500), max_tries: 3, max_retry_after: Duration::from_secs(30) }
-    }
-}
-
 /// The request a [`Validation`] boils down to.
 struct Plan {
     method: Method,
@@ -161,11 +146,6 @@ struct Plan {
     extra: Vec<(HeaderName, HeaderValue)>,
     expect: Option<StatusCode>,
     family: Family,
-}
-
-enum Attempt {
-    Done(Verdict),
-    Retry { reason: String, retry_after: Option<Duration> },
 }
 
 impl Validation {
@@ -252,83 +232,56 @@ impl Validation {
             Ok(p) => p,
             Err(e) => return Verdict::Undecided(e),
         };
-        let mut auth = match HeaderValue::from_str(&format!("{}{}", plan.prefix, key.expose())) {
-            Ok(v) => v,
+        let timeout = self.timeout.map_or(Duration::from_secs(10), HumanDuration::get);
+        let mut call = Call::new("key check", "check the key", plan.method.clone(), plan.url.clone(), timeout)
+            .read_at_most(MAX_REFUSAL);
+        for (name, value) in &plan.extra {
+            call = call.header(name.clone(), value.clone());
+        }
+        let call = match call.secret_header(plan.header.clone(), &plan.prefix, key.expose()) {
+            Ok(c) => c,
             Err(_) => return Verdict::Invalid("the key contains characters not allowed in an HTTP header".into()),
         };
-        auth.set_sensitive(true);
-        let timeout = self.timeout.map_or(Duration::from_secs(10), HumanDuration::get);
-        let client =
-            match reqwest::Client::builder().timeout(timeout).redirect(reqwest::redirect::Policy::none()).build() {
-                Ok(c) => c,
-                Err(e) => return Verdict::Undecided(format!("could not build HTTP client: {e}")),
-            };
-        let mut backoff = ExponentialBuilder::default()
-            .with_min_delay(retry.min_delay)
-            .with_max_delay(retry.max_retry_after)
-            .with_jitter()
-            .with_max_times(retry.max_tries.saturating_sub(1))
-            .build();
-        loop {
-            match attempt(&client, &plan, &auth).await {
-                Attempt::Done(verdict) => return verdict,
-                Attempt::Retry { reason, retry_after } => {
-                    // Asked to wait longer than a check may take: no early retry (it would only
-                    // be refused again); the rotation's own backoff tries later.
-                    if let Some(wait) = retry_after.filter(|w| *w > retry.max_retry_after) {
-                        return Verdict::Undecided(format!(
-                            "{reason}; the provider asks to wait {} before retrying",
-                            humantime::format_duration(wait)
-                        ));
-                    }
-                    match backoff.next() {
-                        None => return Verdict::Undecided(format!("{reason} (after {} tries)", retry.max_tries)),
-                        Some(delay) => tokio::time::sleep(retry_after.map_or(delay, |ra| ra.max(delay))).await,
-                    }
-                }
+        match http::with_retries(retry, || attempt(&call, &plan)).await {
+            Retried::Done(verdict) => verdict,
+            Retried::GaveUp { last: reason, why: GaveUp::Tries(n) } => {
+                Verdict::Undecided(format!("{reason} (after {n} tries)"))
             }
+            Retried::GaveUp { last: reason, why: GaveUp::AskedToWait(wait) } => Verdict::Undecided(format!(
+                "{reason}; the provider asks to wait {} before retrying",
+                humantime::format_duration(wait)
+            )),
         }
     }
 }
 
-async fn attempt(client: &reqwest::Client, plan: &Plan, auth: &HeaderValue) -> Attempt {
-    let mut request = client.request(plan.method.clone(), &plan.url).header(plan.header.clone(), auth.clone());
-    for (name, value) in &plan.extra {
-        request = request.header(name.clone(), value.clone());
-    }
-    let response = match request.send().await {
-        Ok(r) => r,
-        Err(e) if e.is_builder() => return Attempt::Done(Verdict::Undecided(format!("invalid request: {e}"))),
-        Err(e) => {
-            let kind = if e.is_timeout() { "timed out" } else { "request failed" };
-            return Attempt::Retry { reason: format!("{} {}: {e}", plan.method, kind), retry_after: None };
+/// One request: a verdict, or a reason to ask again (after the provider's delay).
+async fn attempt(call: &Call<'_>, plan: &Plan) -> Step<Verdict, String> {
+    let answer = match http::send(call).await {
+        Ok(a) => a,
+        Err(Failure::Build(why)) => return Step::Done(Verdict::Undecided(format!("invalid request: {why}"))),
+        Err(failure) => {
+            let kind = if matches!(failure, Failure::Timeout(_)) { "timed out" } else { "request failed" };
+            return Step::Again(format!("{} {}: {}", plan.method, kind, call.redact(&failure.describe())), None);
         }
     };
-    let status = response.status();
+    let status = answer.status;
     let valid = match plan.expect {
         Some(expect) => status == expect,
         None => status.is_success(),
     };
     if valid {
-        return Attempt::Done(Verdict::Valid);
+        return Step::Done(Verdict::Valid);
     }
-    let retry_after = response
-        .headers()
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| parse_retry_after(v, Utc::now()));
-    let refusal = Refusal::parse(&read_refusal(response).await);
+    let refusal = Refusal::parse(&answer.body);
     let detail = refusal.describe();
     match classify(plan.family, status, &refusal) {
-        Class::Invalid => {
-            Attempt::Done(Verdict::Invalid(format!("{} rejected the key with {status}{detail}", plan.url)))
+        Class::Invalid => Step::Done(Verdict::Invalid(format!("{} rejected the key with {status}{detail}", plan.url))),
+        Class::Retry => {
+            Step::Again(format!("{} answered {status}{detail}", plan.url), answer.retry_after.or(refusal.retry_delay))
         }
-        Class::Retry => Attempt::Retry {
-            reason: format!("{} answered {status}{detail}", plan.url),
-            retry_after: retry_after.or(refusal.retry_delay),
-        },
         Class::Undecided => {
-            Attempt::Done(Verdict::Undecided(format!("{} answered unexpected status {status}{detail}", plan.url)))
+            Step::Done(Verdict::Undecided(format!("{} answered unexpected status {status}{detail}", plan.url)))
         }
     }
 }
@@ -390,17 +343,6 @@ fn classify(family: Family, status: StatusCode, refusal: &Refusal) -> Class {
 /// The most of a refusal keysync reads: error bodies are a few hundred bytes.
 const MAX_REFUSAL: usize = 16 * 1024;
 
-async fn read_refusal(mut response: reqwest::Response) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Ok(Some(chunk)) = response.chunk().await {
-        if out.len() + chunk.len() > MAX_REFUSAL {
-            break;
-        }
-        out.extend_from_slice(&chunk);
-    }
-    out
-}
-
 /// The machine-readable parts of an error body: type, code, status and reason words (never
 /// the message, which some providers fill with part of the key), and Gemini's retry delay.
 #[derive(Debug, Default)]
@@ -454,18 +396,6 @@ impl Refusal {
     }
 }
 
-/// `Retry-After` (RFC 9110 §10.2.3): delay-seconds, or an HTTP-date (`Wed, 21 Oct 2015
-/// 07:28:00 GMT`) counted from `now`; a date in the past means "now". Anything else: `None`,
-/// and keysync's own backoff applies.
-fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = DateTime::parse_from_rfc2822(value).ok()?.with_timezone(&Utc);
-    Some((at - now).to_std().unwrap_or(Duration::ZERO))
-}
-
 /// Google's `google.protobuf.Duration` JSON form: `"37s"`, `"1.5s"`.
 fn parse_google_duration(text: &str) -> Option<Duration> {
     let seconds: f64 = text.strip_suffix('s')?.parse().ok()?;
@@ -475,6 +405,8 @@ fn parse_google_duration(text: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::provider::http::parse_retry_after;
+    use chrono::{DateTime, Utc};
     use std::sync::{Arc, Mutex};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;

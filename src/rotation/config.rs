@@ -2,7 +2,7 @@
 
 use super::{KeyPlan, RotationPolicy};
 use crate::duration::HumanDuration;
-use crate::provider::{Provider, ProviderConfig, Validation};
+use crate::provider::{ProviderConfig, Validation};
 use crate::store::KeyName;
 use serde::{Deserialize, Serialize};
 
@@ -50,7 +50,7 @@ impl RotationConfig {
         let max_hold = policy.max_hold.map(|g| g.get()).unwrap_or(self.max_hold.get());
         Ok(KeyPlan {
             name,
-            provider: Provider::from_config(provider).map_err(|e| e.to_string())?,
+            provider: provider.build().map_err(|e| e.to_string())?,
             validation,
             policy,
             grace,
@@ -74,7 +74,7 @@ mod tests {
         let plan = defaults
             .plan(
                 KeyName::parse("a").unwrap(),
-                &ProviderConfig::Generate(GenerateConfig::default()),
+                &ProviderConfig::of::<GenerateConfig>(&GenerateConfig::default()).unwrap(),
                 Some(policy),
                 None,
             )

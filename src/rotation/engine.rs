@@ -14,6 +14,7 @@ use crate::telemetry::{KeyLabel, KeyReasonLabel, KeyResultLabel, KeyStateLabel, 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -27,7 +28,8 @@ const UNDECIDED_MAX_DELAY: Duration = Duration::from_secs(6 * 3600);
 pub struct KeyPlan {
     pub name: KeyName,
     pub policy: RotationPolicy,
-    pub provider: Provider,
+    /// Asked what it can do ([`crate::provider::Capabilities`]), never what kind it is.
+    pub provider: Arc<dyn Provider>,
     pub validation: Option<Validation>,
     pub grace: Duration,
     /// How old an unrecorded keysync-written version must be before it counts as left by a
@@ -145,7 +147,7 @@ impl Engine<'_> {
             return Ok(outcome);
         }
         if self.store.record(name).await?.is_none() {
-            if matches!(plan.provider, Provider::Manual(_)) {
+            if plan.provider.capabilities().manual() {
                 return Err(StoreError::NotFound(name.clone()));
             }
             if !force && self.wait_start_jitter().await && self.store.record(name).await?.is_some() {
@@ -200,7 +202,7 @@ impl Engine<'_> {
         if !decision.due && !force {
             return Ok(Outcome::NotDue { next: decision.next });
         }
-        if matches!(plan.provider, Provider::Manual(_)) {
+        if plan.provider.capabilities().manual() {
             tracing::warn!(key = %name, "rotation due but the key is managed by hand; put a new one with `keysync put`");
             return Ok(Outcome::Overdue { since: decision.next });
         }
@@ -344,7 +346,7 @@ impl Engine<'_> {
         with_intent.meta.current_version = latest;
         let record = &with_intent;
         self.reconcile(plan, record).await;
-        let minted = match plan.provider.mint_for(name.as_str()).await {
+        let minted = match plan.provider.mint(name.as_str()).await {
             Ok(m) => m,
             Err(e) if e.nothing_minted() => {
                 self.memory.accounted_for(name, &ours); // nothing to account for
@@ -554,8 +556,10 @@ impl Engine<'_> {
             }
         };
         if plan.policy.validate {
-            if let Some(v) = &plan.validation {
-                match v.validate(&data.api_key).await {
+            if let Some(verdict) =
+                crate::provider::check_key(&*plan.provider, plan.validation.as_ref(), &data.api_key).await
+            {
+                match verdict {
                     Verdict::Valid => {}
                     Verdict::Invalid(why) => {
                         self.failure(name, "invalid");
@@ -757,7 +761,7 @@ impl Engine<'_> {
     /// clears `previous` if it still is `prev`. Safe to repeat after a crash in between.
     async fn retire(&self, plan: &KeyPlan, prev: u64) -> Result<(), StoreError> {
         let name = &plan.name;
-        if plan.policy.revoke_previous.unwrap_or(true) && plan.provider.can_revoke() {
+        if plan.policy.revoke_previous.unwrap_or(true) && plan.provider.capabilities().revokes {
             if let VersionRead::Live(d) = self.store.read(name, prev).await? {
                 if let Some(id) = d.fields.get("key_id").and_then(Value::as_str) {
                     // Mark, revoke, clean up: a rollback (or anything else) never brings the
@@ -832,10 +836,12 @@ impl Engine<'_> {
         Ok(decision)
     }
 
-    /// Before minting: delete provider keys an earlier, crashed rotation minted but never
-    /// stored (only providers that can list what they created: openai).
+    /// Before minting: revoke provider keys an earlier, crashed rotation minted but never
+    /// stored (providers that can list the keys they made for a key name).
     async fn reconcile(&self, plan: &KeyPlan, record: &crate::store::KeyRecord) {
-        let crate::provider::Provider::Openai(openai) = &plan.provider else { return };
+        if !plan.provider.capabilities().lists_own {
+            return;
+        }
         let mut referenced = std::collections::BTreeSet::new();
         for (v, meta) in &record.meta.versions {
             if meta.destroyed {
@@ -854,9 +860,10 @@ impl Engine<'_> {
                 }
             }
         }
-        match openai.reconcile(plan.name.as_str(), &referenced, plan.adopt_after).await {
+        match crate::provider::delete_orphans(&*plan.provider, plan.name.as_str(), &referenced, plan.adopt_after).await
+        {
             Ok(deleted) if !deleted.is_empty() => {
-                tracing::warn!(key = %plan.name, ?deleted, "deleted service accounts minted by an interrupted rotation")
+                tracing::warn!(key = %plan.name, ?deleted, "revoked provider keys minted by an interrupted rotation")
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(key = %plan.name, error = %e, "could not check the provider for orphaned keys"),
@@ -886,7 +893,7 @@ impl Engine<'_> {
     }
 
     async fn revoke(&self, plan: &KeyPlan, key_id: Option<&str>, why: &str) {
-        let (Some(id), true) = (key_id, plan.provider.can_revoke()) else { return };
+        let (Some(id), true) = (key_id, plan.provider.capabilities().revokes) else { return };
         if let Err(e) = plan.provider.revoke(id).await {
             tracing::error!(key = %plan.name, key_id = id, error = %e, "could not revoke a minted key ({why}); revoke it by hand");
         }
