@@ -10,7 +10,7 @@ mod support;
 use keysync::config::{load_with_env, ConfigSource};
 use keysync::render::{render_content, KeyMaterial, Sink, SinkConfig, SinkFormat};
 use keysync::secret::Secret;
-use keysync::store::{RotationState, ValidationRetry, FIXED_FIELDS};
+use keysync::store::{Intent, RotationState, ValidationRetry, FIXED_FIELDS};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use std::cell::Cell;
@@ -347,12 +347,19 @@ fn arbitrary_state() -> impl Strategy<Value = RotationState> {
     let time =
         || proptest::option::of((0i64..4_000_000_000).prop_map(|s| chrono::DateTime::from_timestamp(s, 0).unwrap()));
     let text = || proptest::option::of("[!-~]([ -~]{0,80}[!-~])?");
+    // A rotation intent: any printable actor, any time (with nanoseconds, as recorded).
+    let intent = || {
+        proptest::option::of(
+            ("[!-~]([ -~]{0,80}[!-~])?", 0i64..4_000_000_000, 0u32..1_000_000_000)
+                .prop_map(|(actor, s, n)| Intent::new(&actor, chrono::DateTime::from_timestamp(s, n).unwrap())),
+        )
+    };
     (
         (version(), version(), version(), time(), time()),
         (text(), text(), any::<bool>(), proptest::collection::btree_set(1u64..100_000, 0..5)),
         (
             proptest::option::of((1u64..100_000, 0u32..50, 0i64..4_000_000_000)),
-            text(),
+            intent(),
             proptest::collection::btree_map(1u64..100_000, "[0-9a-f]{64}", 0..8),
             text(),
         ),

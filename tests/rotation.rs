@@ -402,3 +402,41 @@ async fn a_hand_written_version_is_adopted_only_when_the_policy_says_so() {
     assert_eq!(status[0]["previous"]["version"], 1);
     assert_eq!(status[0]["external_versions"], serde_json::json!([]));
 }
+
+/// A command provider that records how many mints run at once: each mint adds a file to
+/// `inflight/` before counting it and removes it after a pause, so the count it writes to
+/// `seen` is never more than the mints truly in flight.
+fn counting_mint(dir: &Path, pause: &str) -> String {
+    format!(
+        "d={d}; mkdir -p $d/inflight; t=$d/inflight/$$; touch $t; ls $d/inflight | wc -l >> $d/seen; sleep {pause}; rm -f $t; printf '{{\"api_key\": \"sk-conc-%s-xxxxxxxxxxxxxxxxxxxx\"}}' $$",
+        d = dir.display()
+    )
+}
+
+/// The most mints a `counting_mint` provider saw at once.
+fn most_in_flight(dir: &Path) -> usize {
+    let seen = std::fs::read_to_string(dir.join("seen")).unwrap_or_default();
+    seen.lines().filter_map(|l| l.trim().parse().ok()).max().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_due_rotates_keys_side_by_side_but_never_more_than_eight_at_once() {
+    let server = DevServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cli = Cli::new(&server, &server.root_token, dir.path());
+    let mint = counting_mint(dir.path(), "0.5");
+    let mut body = String::new();
+    for i in 0..20 {
+        // Declared, not in Vault yet: due, so `--due` creates each one.
+        body.push_str(&format!("[keys.c{i:02}.provider]\ntype = \"command\"\ncommand = [\"sh\", \"-c\", {mint:?}]\n"));
+    }
+    let cfg = config(dir.path(), &body);
+    let out = cli.json(&["--config", &cfg, "rotate", "--due"]);
+    let rows = out.as_array().unwrap();
+    assert_eq!(rows.len(), 20, "{out}");
+    assert!(rows.iter().all(|r| r["outcome"]["result"] == "rotated" && r["outcome"]["version"] == 1), "{out}");
+    let most = most_in_flight(dir.path());
+    eprintln!("most mints in flight at once: {most}");
+    assert!(most <= 8, "{most} mints at once: the bound is 8");
+    assert!(most >= 2, "the keys were rotated one after the other ({most} at once at most)");
+}

@@ -501,6 +501,51 @@ async fn five_agents_create_twenty_declared_absent_keys_exactly_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotating_agent_mints_keys_side_by_side_but_never_more_than_four_at_once() {
+    let keys = 10;
+    let server = DevServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Each mint adds a file to inflight/ before counting it, removes it after 1 s: the count it
+    // writes is never more than the mints truly in flight.
+    let mint = format!(
+        "d={d}; mkdir -p $d/inflight; t=$d/inflight/$$; touch $t; ls $d/inflight | wc -l >> $d/seen; sleep 1; rm -f $t; printf '{{\"api_key\": \"sk-conc-%s-xxxxxxxxxxxxxxxxxxxx\"}}' $$",
+        d = d.display()
+    );
+    let names: Vec<String> = (0..keys).map(|i| format!("c{i:02}")).collect();
+    let mut body = String::from(
+        "[agent]\npoll_interval = \"500ms\"\nlisten = \"LISTEN\"\nrotate = true\nrotation_check_interval = \"1s\"\n",
+    );
+    for name in &names {
+        body.push_str(&format!("[keys.{name}.provider]\ntype = \"command\"\ncommand = [\"sh\", \"-c\", {mint:?}]\n"));
+    }
+    let quoted: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
+    body.push_str(&format!(
+        "[[sinks]]\npath = \"{}/all.json\"\nformat = \"json\"\nkeys = [{}]\n",
+        d.display(),
+        quoted.join(", ")
+    ));
+    let agent = start_agent(&server, d, "agent-conc", &body, &[]);
+    let rendered = || {
+        let Ok(text) = std::fs::read_to_string(d.join("all.json")) else { return false };
+        let Ok(v) = serde_json::from_str::<Value>(&text) else { return false };
+        names.iter().all(|n| v[n]["version"] == 1)
+    };
+    assert!(
+        eventually(Duration::from_secs(60), rendered).await,
+        "not every key was created and rendered: {}",
+        agent.agent.log_text()
+    );
+    let seen = std::fs::read_to_string(d.join("seen")).unwrap_or_default();
+    let counts: Vec<usize> = seen.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    assert_eq!(counts.len(), keys, "one mint per key: {seen}");
+    let most = counts.iter().copied().max().unwrap_or(0);
+    eprintln!("most mints in flight at once: {most}");
+    assert!(most <= 4, "{most} mints at once: the agent's bound is 4");
+    assert!(most >= 2, "the keys were minted one after the other ({most} at once at most)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotate_creates_an_absent_declared_key_and_a_manual_key_asks_for_put() {
     let server = DevServer::start();
     let dir = tempfile::tempdir().unwrap();

@@ -5,8 +5,8 @@
 //! Changes are debounced with `[exec] wait_min`/`wait_max` like hooks: keys that change
 //! together (within `wait_min` of each other) restart the child once.
 
-use super::config::{parse_signal, ExecConfig, ExecOnChange};
 use super::sync::{PassReport, Syncer};
+use super::config::{ExecConfig, ExecOnChange};
 use crate::store::KeyName;
 use crate::store::SinkHold;
 use nix::sys::signal::{kill, Signal};
@@ -162,11 +162,16 @@ impl Child {
         self.env_versions = env.versions;
         let env = env.values;
         match self.cfg.on_change {
-            ExecOnChange::Signal => {
-                let sig = self.cfg.signal.as_deref().and_then(|s| parse_signal(s).ok()).unwrap_or(Signal::SIGHUP);
-                self.signal(sig);
-                tracing::info!(signal = %sig, "keys changed: signalled the child");
-            }
+            ExecOnChange::Signal => match self.cfg.signal {
+                Some(sig) => {
+                    self.signal(sig.get());
+                    tracing::info!(signal = %sig, "keys changed: signalled the child");
+                }
+                // Config validation refuses on_change = "signal" without a signal; no guess here.
+                None => tracing::error!(
+                    "keys changed but exec.on_change = \"signal\" names no exec.signal; the child keeps its old keys"
+                ),
+            },
             ExecOnChange::Restart => {
                 tracing::info!("keys changed: restarting the child");
                 self.stop(Signal::SIGTERM).await;

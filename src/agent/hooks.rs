@@ -7,7 +7,8 @@
 //! hooks a pid gets each signal once, even when several different hooks name it; when one
 //! hook signalling a pid file falls due, the other pending hooks signalling it run with it.
 
-use super::config::{parse_signal, OnChangeConfig};
+use super::SignalName;
+use super::config::OnChangeConfig;
 use crate::store::KeyName;
 use crate::telemetry::{Metrics, SinkResultLabel};
 use std::collections::{BTreeMap, BTreeSet};
@@ -22,7 +23,7 @@ struct HookId {
     user: Option<String>,
     group: Option<String>,
     pass_env: Vec<String>,
-    signal: Option<String>,
+    signal: Option<SignalName>,
     pid_file: Option<PathBuf>,
 }
 
@@ -33,7 +34,7 @@ impl HookId {
             user: cfg.user.clone(),
             group: cfg.group.clone(),
             pass_env: cfg.pass_env.clone(),
-            signal: cfg.signal.clone(),
+            signal: cfg.signal,
             pid_file: cfg.pid_file.clone(),
         }
     }
@@ -101,18 +102,18 @@ impl Hooks {
             self.pending.iter().filter(|(_, p)| self.due(p) <= now).map(|(id, _)| id.clone()).collect();
         // A pid gets one signal per burst: other pending hooks signalling the same pid file
         // run now too, instead of signalling it again when their own window ends.
-        let targets: BTreeSet<(String, PathBuf)> =
-            due_ids.iter().filter_map(|id| Some((id.signal.clone()?, id.pid_file.clone()?))).collect();
+        let targets: BTreeSet<(SignalName, PathBuf)> =
+            due_ids.iter().filter_map(|id| Some((id.signal?, id.pid_file.clone()?))).collect();
         let joining: Vec<HookId> = self
             .pending
             .keys()
             .filter(|id| !due_ids.contains(id))
-            .filter(|id| matches!((&id.signal, &id.pid_file), (Some(s), Some(p)) if targets.contains(&(s.clone(), p.clone()))))
+            .filter(|id| matches!((&id.signal, &id.pid_file), (Some(s), Some(p)) if targets.contains(&(*s, p.clone()))))
             .cloned()
             .collect();
         due_ids.extend(joining);
         let mut results = Vec::new();
-        let mut signalled: BTreeSet<(i32, String)> = BTreeSet::new();
+        let mut signalled: BTreeSet<(i32, SignalName)> = BTreeSet::new();
         for id in due_ids {
             let Some(p) = self.pending.remove(&id) else { continue };
             let keys: Vec<KeyName> = p.keys.keys().cloned().collect();
@@ -150,17 +151,17 @@ async fn run_hook(
     id: &HookId,
     keys: &BTreeMap<KeyName, (u64, String)>,
     timeout: Duration,
-    signalled: &mut BTreeSet<(i32, String)>,
+    signalled: &mut BTreeSet<(i32, SignalName)>,
 ) -> Result<(), String> {
     let Some((first, (version, fingerprint))) = keys.iter().next() else { return Ok(()) };
     let field = format!("keys.{first}.on_change");
     if let (Some(sig), Some(pid_file)) = (&id.signal, &id.pid_file) {
-        let signal = parse_signal(sig)?;
+        let signal = sig.get();
         let text = std::fs::read_to_string(pid_file)
             .map_err(|e| format!("cannot read pid file {} ({e})", pid_file.display()))?;
         let pid: i32 =
             text.trim().parse().map_err(|_| format!("pid file {} does not hold a pid", pid_file.display()))?;
-        if signalled.insert((pid, signal.as_str().to_string())) {
+        if signalled.insert((pid, *sig)) {
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
                 .map_err(|e| format!("cannot send {sig} to pid {pid} from {} ({e})", pid_file.display()))?;
             tracing::info!(key = %first, pid, signal = %sig, "signalled process");

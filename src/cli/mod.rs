@@ -339,11 +339,12 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
 }
 
 async fn run_agent(source: &ConfigSource, once: bool, exec: Option<crate::agent::ExecSpec>) -> Result<(), CliError> {
-    match crate::agent::run(Arc::new(source.clone()), once, exec).await {
+    let clock = std::sync::Arc::new(crate::rotation::SystemClock);
+    match crate::agent::run(Arc::new(source.clone()), once, exec, clock).await {
         Ok(0) => Ok(()),
         Ok(code) => Err(CliError { code, message: String::new() }),
-        Err(e) if e.starts_with("invalid config") => Err(CliError::usage(e)),
-        Err(e) => Err(CliError::failed(e)),
+        Err(e) if e.is_usage() => Err(CliError::usage(e.to_string())),
+        Err(e) => Err(CliError::failed(e.to_string())),
     }
 }
 

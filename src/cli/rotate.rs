@@ -3,11 +3,15 @@
 use super::output::{print_table, table};
 use super::{print_json, CliError, Output};
 use crate::config::Config;
-use crate::rotation::{Engine, Outcome, SystemClock};
+use crate::rotation::{rotate_due, DueOptions, Engine, Outcome, SystemClock};
 use crate::store::KeyStore;
 use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+/// Keys rotated at once: enough to hide latency (one rotation is a dozen-odd sequential round
+/// trips), few enough not to swamp the server or a provider (see [`rotate_due`]).
+const CONCURRENCY: usize = 8;
 
 pub async fn run(
     cfg: &Config,
@@ -33,7 +37,8 @@ pub async fn run(
     };
     let reason = reason.unwrap_or_else(|| if force { "forced rotation".into() } else { "scheduled rotation".into() });
     let clock = SystemClock;
-    // Many keys: index entries go out together every half second, not one PATCH per change.
+    // Many keys: index entries go out together every half second (`rotate_due` flushes
+    // them), not one PATCH per change.
     let batched = store.clone().batching_index();
     let store = if names.len() > 1 { &batched } else { store };
     let memory = crate::rotation::Memory::default();
@@ -48,54 +53,26 @@ pub async fn run(
         ProgressBar::hidden()
     };
     let mut plans = Vec::with_capacity(names.len());
+    let mut results: BTreeMap<String, Result<Outcome, String>> = BTreeMap::new();
     for n in &names {
-        plans.push(cfg.rotation_plan(n).map_err(CliError::usage)?);
-    }
-    // Keys rotate independently (each step is CAS-guarded and the index is merge-PATCHed), and
-    // one rotation is a dozen-odd sequential round trips: a few keys in flight at once keep
-    // the server busy instead of waiting on latency (1,000 keys: minutes → seconds).
-    let next = AtomicUsize::new(0);
-    let results: std::sync::Mutex<Vec<Option<Result<Outcome, String>>>> =
-        std::sync::Mutex::new(names.iter().map(|_| None).collect());
-    let worker = || async {
-        loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            let (Some(n), Some(plan)) = (names.get(i), plans.get(i)) else { break };
-            bar.set_message(n.clone());
-            let result = match plan {
-                Some(plan) => engine.step(plan, force, &reason).await.map_err(|e| e.to_string()),
-                None => Err("no provider".to_string()),
-            };
-            results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(result);
-            bar.inc(1);
-        }
-    };
-    let done = AtomicBool::new(false);
-    let workers = async {
-        // Eight workers: enough to hide latency, few enough not to swamp the server or a provider.
-        tokio::join!(worker(), worker(), worker(), worker(), worker(), worker(), worker(), worker());
-        done.store(true, Ordering::SeqCst);
-    };
-    // Flushes every 0.5 s, and notices within 50 ms that the workers are done (the final flush
-    // follows), so the command does not linger.
-    let flusher = async {
-        let mut last = std::time::Instant::now();
-        while !done.load(Ordering::SeqCst) {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            if last.elapsed() >= std::time::Duration::from_millis(500) {
-                store.flush_index().await;
-                last = std::time::Instant::now();
+        match cfg.rotation_plan(n).map_err(CliError::usage)? {
+            Some(plan) => plans.push(plan),
+            None => {
+                results.insert(n.clone(), Err("no provider".to_string()));
             }
         }
-    };
-    tokio::join!(workers, flusher);
-    store.flush_index().await;
+    }
+    let opts = DueOptions { concurrency: CONCURRENCY, force, reason: &reason, stop: None };
+    rotate_due(&engine, plans, opts, |name, result| {
+        bar.set_message(name.to_string());
+        bar.inc(1);
+        results.insert(name.to_string(), result.map_err(|e| e.to_string()));
+    })
+    .await;
     bar.finish_and_clear();
     let rows: Vec<(String, Result<Outcome, String>)> = names
         .iter()
-        .cloned()
-        .zip(results.into_inner().unwrap_or_else(|e| e.into_inner()))
-        .map(|(n, r)| (n, r.unwrap_or_else(|| Err("not attempted".to_string()))))
+        .map(|n| (n.clone(), results.remove(n).unwrap_or_else(|| Err("not attempted".to_string()))))
         .collect();
     let failed = rows.iter().filter(|(_, r)| matches!(r, Err(_) | Ok(Outcome::Failed { .. }))).count();
     match output {

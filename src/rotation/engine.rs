@@ -8,7 +8,8 @@ use super::holds::{self, Retirement};
 use super::{decide, Clock, RotationPolicy};
 use crate::provider::{Provider, Validation, Verdict};
 use crate::store::{
-    chrono_duration, KeyData, KeyName, KeyRecord, KeyStore, Landed, PutFailure, PutOptions, StoreError, VersionRead,
+    chrono_duration, Intent, KeyData, KeyName, KeyRecord, KeyStore, Landed, PutFailure, PutOptions, StoreError,
+    VersionRead,
 };
 use crate::telemetry::{KeyLabel, KeyReasonLabel, KeyResultLabel, KeyStateLabel, Metrics};
 use chrono::{DateTime, Utc};
@@ -81,7 +82,7 @@ pub const SETTLE_FOR: Duration = Duration::from_secs(20);
 /// revoking blindly (another agent might promote the stored version) or forgetting it.
 #[derive(Clone, Debug)]
 struct Unsettled {
-    intent: String,
+    intent: Intent,
     /// The version the CAS write would have created.
     version: u64,
     fingerprint: String,
@@ -94,7 +95,7 @@ struct Unsettled {
 #[derive(Debug, Default)]
 pub struct Memory {
     unsettled: Mutex<BTreeMap<KeyName, Unsettled>>,
-    accounted: Mutex<BTreeMap<KeyName, String>>,
+    accounted: Mutex<BTreeMap<KeyName, Intent>>,
 }
 
 impl Memory {
@@ -106,11 +107,11 @@ impl Memory {
         self.unsettled.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), u);
     }
 
-    fn accounted_for(&self, name: &KeyName, intent: &str) {
-        self.accounted.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), intent.to_string());
+    fn accounted_for(&self, name: &KeyName, intent: &Intent) {
+        self.accounted.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), intent.clone());
     }
 
-    fn is_accounted(&self, name: &KeyName, intent: &str) -> bool {
+    fn is_accounted(&self, name: &KeyName, intent: &Intent) -> bool {
         self.accounted.lock().unwrap_or_else(|e| e.into_inner()).get(name).is_some_and(|i| i == intent)
     }
 }
@@ -332,13 +333,13 @@ impl Engine<'_> {
                 tracing::warn!(key = %name, intent = %old, "an earlier rotation was interrupted after it may have minted a key; check the provider for an unused key");
             }
         }
-        let ours = format!("{} at {}", self.store.actor(), now.to_rfc3339());
+        let ours = Intent::new(self.store.actor(), now);
         self.store.record_intent(name, &ours).await?;
         crate::failpoint::hit("after_intent");
         // Build on the state that now carries the intent, but keep the CAS on the version we
         // decided from: if anyone wrote since, our write must lose.
         let mut with_intent = self.store.require(name).await?;
-        if !force && with_intent.state.intent.as_deref() != Some(ours.as_str()) {
+        if !force && with_intent.state.intent.as_ref() != Some(&ours) {
             // A peer recorded its intent right after ours: the last one recorded goes ahead.
             tracing::info!(key = %name, "another agent started rotating this key at the same moment; leaving it to them");
             return Ok(Outcome::LostRace);
@@ -462,7 +463,7 @@ impl Engine<'_> {
                 if s.current.is_none_or(|c| c < version) && s.pending.is_none_or(|p| p <= version) {
                     s.pending = Some(version);
                 }
-                if s.intent.as_deref() == Some(ours.as_str()) {
+                if s.intent.as_ref() == Some(&ours) {
                     s.intent = None;
                 }
                 Ok(())
@@ -498,7 +499,7 @@ impl Engine<'_> {
         let cleared = self
             .store
             .update_state(name, |_, s| {
-                if s.intent.as_deref() == Some(ours.as_str()) {
+                if s.intent.as_ref() == Some(&ours) {
                     s.intent = None;
                 }
                 Ok(())
@@ -870,13 +871,11 @@ impl Engine<'_> {
         }
     }
 
-    /// Whether `intent` ("<actor> at <time>") was recorded by another agent less than
-    /// `adopt_after` ago: that agent is most likely still rotating. An older one (or our own)
-    /// is the trace of an interrupted rotation and is taken over.
-    fn is_peers_fresh_intent(&self, intent: &str, now: DateTime<Utc>, adopt_after: Duration) -> bool {
-        let Some((actor, at)) = intent.rsplit_once(" at ") else { return false };
-        let Ok(at) = DateTime::parse_from_rfc3339(at) else { return false };
-        actor != self.store.actor() && now - at.with_timezone(&Utc) < chrono_duration(adopt_after)
+    /// Whether `intent` was recorded by another agent less than `adopt_after` ago: that agent
+    /// is most likely still rotating. An older one (or our own) is the trace of an interrupted
+    /// rotation and is taken over.
+    fn is_peers_fresh_intent(&self, intent: &Intent, now: DateTime<Utc>, adopt_after: Duration) -> bool {
+        !intent.is_by(self.store.actor()) && now - intent.at() < chrono_duration(adopt_after)
     }
 
     async fn clear_intent(&self, name: &KeyName) {
@@ -920,7 +919,7 @@ impl Engine<'_> {
 /// "interrupted rotation" behind for good.) Another agent's intent is left alone.
 fn clear_intent_of(state: &mut crate::store::RotationState, writer: Option<&str>) {
     let Some(writer) = writer else { return };
-    if state.intent.as_deref().is_some_and(|i| i.starts_with(&format!("{writer} at "))) {
+    if state.intent.as_ref().is_some_and(|i| i.is_by(writer)) {
         state.intent = None;
     }
 }
@@ -928,11 +927,12 @@ fn clear_intent_of(state: &mut crate::store::RotationState, writer: Option<&str>
 #[cfg(test)]
 mod tests {
     use super::clear_intent_of;
-    use crate::store::RotationState;
+    use crate::store::{Intent, RotationState};
 
     #[test]
     fn finishing_a_version_clears_only_its_writers_intent() {
-        let mut s = RotationState { intent: Some("agent-a at 2026-01-01T00:00:00Z".into()), ..Default::default() };
+        let intent = Intent::parse("agent-a at 2026-01-01T00:00:00Z").unwrap();
+        let mut s = RotationState { intent: Some(intent), ..Default::default() };
         clear_intent_of(&mut s, Some("agent-b"));
         assert!(s.intent.is_some(), "another agent's intent is its trace, not ours to clear");
         clear_intent_of(&mut s, None);

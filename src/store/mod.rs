@@ -7,6 +7,7 @@
 mod acks;
 mod config;
 mod index;
+mod intent;
 mod kv;
 mod name;
 mod state;
@@ -17,6 +18,7 @@ pub use index::{
     names_in_shard, shard_of, Index, IndexCursor, IndexEntry, IndexFormat, IndexSnapshot, Polled, INDEX_DIR,
     INDEX_NAME, SHARDS,
 };
+pub use intent::{Intent, IntentError};
 pub use kv::{KeyData, Kv, Metadata, VersionMeta, VersionRead};
 pub use name::KeyName;
 pub use state::{
@@ -417,17 +419,17 @@ impl KeyStore {
     /// creates it — the POST replaces custom_metadata whole, so it is sent only right after a
     /// 404, and a peer that created the key in between loses at most its intent (its version
     /// is still found, adopted or promoted from the data).
-    pub async fn record_intent(&self, name: &KeyName, intent: &str) -> Result<(), StoreError> {
+    pub async fn record_intent(&self, name: &KeyName, intent: &Intent) -> Result<(), StoreError> {
         match self.record(name).await? {
             Some(_) => {
                 self.update_state(name, |_, s| {
-                    s.intent = Some(intent.to_string());
+                    s.intent = Some(intent.clone());
                     Ok(())
                 })
                 .await?;
             }
             None => {
-                let state = RotationState { intent: Some(intent.to_string()), managed: true, ..Default::default() };
+                let state = RotationState { intent: Some(intent.clone()), managed: true, ..Default::default() };
                 let patch = state.merge_patch(&RotationState::default());
                 match self.kv.patch_custom_metadata(name, patch.clone()).await {
                     Ok(()) => {}

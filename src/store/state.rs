@@ -6,6 +6,7 @@
 //! the 64-key limit. Values keysync cannot read are errors naming the key and field — never
 //! silently reset, because resetting `current` would switch every consumer.
 
+use super::intent::Intent;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -61,9 +62,9 @@ pub struct RotationState {
     /// Undecided validations of the pending version: attempts so far and when to try again
     /// (exponential backoff), stored as `v<N>:<attempts>:<RFC 3339>`.
     pub retry: Option<ValidationRetry>,
-    /// Set just before a provider mints a key (`<agent> at <time>`), cleared once the key is
-    /// stored: a leftover intent is the trace of a crash that may have orphaned a key.
-    pub intent: Option<String>,
+    /// Set just before a provider mints a key (stored as `<agent> at <time>`), cleared once
+    /// the key is stored: a leftover intent is the trace of a crash that may have orphaned a key.
+    pub intent: Option<Intent>,
     /// The last time a previous key was retired although an agent still held it (past
     /// `max_hold`): which version, when, and who held it. For people; never parsed.
     pub forced_retirement: Option<String>,
@@ -191,7 +192,7 @@ impl RotationState {
             disabled,
             failed,
             retry,
-            intent: text("intent"),
+            intent: text("intent").map(|v| Intent::parse(&v)).transpose().map_err(|e| err("intent", e.to_string()))?,
             forced_retirement: text("forced_retirement"),
             fingerprints,
             revoked,
@@ -220,7 +221,7 @@ impl RotationState {
         put("disabled", self.disabled.then(|| "true".to_string()));
         let failed: Vec<String> = self.failed.iter().map(u64::to_string).collect();
         put("failed", (!failed.is_empty()).then(|| failed.join(",")));
-        put("intent", self.intent.clone());
+        put("intent", self.intent.as_ref().map(Intent::to_string));
         put("revoked", (!self.revoked.is_empty()).then(|| self.revoked.join(",")));
         put("forced_retirement", self.forced_retirement.clone());
         put("retry", self.retry.as_ref().map(|r| format!("v{}:{}:{}", r.version, r.attempts, rfc3339(r.next_at))));
@@ -345,7 +346,7 @@ mod tests {
             disabled: false,
             failed: [4].into_iter().collect(),
             retry: Some(ValidationRetry { version: 5, attempts: 2, next_at: Utc::now() }),
-            intent: Some("agent-1 at 2026-11-29T00:00:00Z".into()),
+            intent: Some(Intent::parse("agent-1 at 2026-11-29T00:00:00Z").unwrap()),
             forced_retirement: Some("v1 retired although still held: agent-2 /k: holds previous".into()),
             fingerprints: (1..=4).map(|v| (v, fingerprint(format!("k{v}").as_bytes()))).collect(),
             revoked: vec![revoked_mark(&fingerprint(b"gone"))],
@@ -396,6 +397,23 @@ mod tests {
             [("intent".to_string(), " ".to_string()), ("rotated_by".to_string(), String::new())].into();
         let s = RotationState::decode("k", &meta).unwrap();
         assert_eq!((s.intent, s.rotated_by), (None, None));
+    }
+
+    #[test]
+    fn a_malformed_intent_names_the_key_and_field() {
+        let meta: BTreeMap<String, String> = [("intent".to_string(), "agent-1 at noon".to_string())].into();
+        let e = RotationState::decode("openai", &meta).unwrap_err();
+        assert_eq!((e.key.as_str(), e.field.as_str()), ("openai", "intent"));
+        let text = e.to_string();
+        assert!(text.contains("\"agent-1 at noon\"") && text.contains("<actor> at <RFC 3339 time>"), "{text}");
+    }
+
+    #[test]
+    fn an_intent_is_stored_as_actor_at_time() {
+        let at = DateTime::parse_from_rfc3339("2026-11-29T10:00:00.5+00:00").unwrap().with_timezone(&Utc);
+        let s = RotationState { intent: Some(Intent::new("agent-1", at)), ..Default::default() };
+        assert_eq!(s.encode()["intent"], "agent-1 at 2026-11-29T10:00:00.500+00:00");
+        assert_eq!(RotationState::decode("k", &s.encode()).unwrap().intent, s.intent);
     }
 
     #[test]
