@@ -17,7 +17,7 @@ use super::sync::{PassReport, Syncer};
 use super::{jittered, AgentError, ExitCode};
 use super::config::{Config, ConfigLoader};
 use crate::rotation::Clock;
-use crate::store::{default_actor, Ack, KeyName, KeyStore, Kv};
+use crate::store::{default_actor, Ack, KeyName, Kv};
 use crate::telemetry::{Health, Metrics};
 use crate::vault::Session;
 use nix::sys::signal::Signal;

@@ -5,7 +5,6 @@
 use super::jittered;
 use super::config::Config;
 use crate::rotation::{rotate_due, Clock, DueOptions, Engine, FailureLog, KeyPlan, Memory};
-use crate::store::KeyStore;
 use crate::telemetry::Metrics;
 use crate::vault::Session;
 use rand::seq::SliceRandom as _;

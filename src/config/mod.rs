@@ -21,7 +21,6 @@ pub use crate::store::KvConfig;
 pub use crate::vault::{AppRoleAuth, AuthConfig, CertAuth, JwtAuth, KubernetesAuth, TokenAuth, VaultConfig};
 
 use crate::field::FieldError;
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
