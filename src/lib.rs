@@ -7,7 +7,9 @@
 pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod duration;
 pub mod failpoint;
+pub mod field;
 pub mod logging;
 pub mod provider;
 pub mod render;

@@ -422,7 +422,7 @@ fn every_toml_example_in_the_docs_is_a_valid_config() {
             let first = block.lines().next().unwrap_or("");
             match toml::from_str::<Config>(block) {
                 Ok(cfg) => {
-                    if let Err(e) = cfg.validate(&file) {
+                    if let Err(e) = keysync::config::validate(&cfg, &file) {
                         problems.push(format!("{file} block {i} ({first}): {e}"));
                     }
                 }

@@ -16,9 +16,9 @@ use super::report;
 use super::rotation::{rotation_task, RotationDeps};
 use super::sync::{PassReport, Syncer};
 use super::{jittered, AgentError, ExitCode};
-use crate::config::{self, Config, ConfigSource};
+use super::config::{Config, ConfigLoader};
 use crate::rotation::Clock;
-use crate::store::{default_actor, Ack, KeyName, KeyStore, Kv};
+use crate::store::{default_actor, Ack, KeyName, Kv};
 use crate::telemetry::{Health, Metrics};
 use crate::vault::Session;
 use nix::sys::signal::Signal;
@@ -85,7 +85,7 @@ pub(super) struct Shared {
 
 /// The agent between login and exit (see the module comment).
 pub(super) struct AgentLoop {
-    source: ConfigSource,
+    source: Arc<dyn ConfigLoader>,
     cfg: Config,
     shared: Shared,
     syncer: Syncer,
@@ -109,7 +109,7 @@ pub(super) struct AgentLoop {
 /// The sink renderer and the hooks for `cfg`.
 fn build(cfg: &Config, session: &Arc<Session>, metrics: &Arc<Metrics>) -> Result<(Syncer, Hooks), AgentError> {
     let syncer =
-        Syncer::new(cfg, KeyStore::from_config(cfg, session.clone()), metrics.clone()).map_err(AgentError::Sink)?;
+        Syncer::new(cfg, cfg.key_store(session.clone()), metrics.clone()).map_err(AgentError::Sink)?;
     let mut hook_cfg = BTreeMap::new();
     for (name, k) in &cfg.keys {
         if let (Some(h), Ok(n)) = (&k.on_change, KeyName::parse(name)) {
@@ -129,7 +129,7 @@ impl AgentLoop {
     /// Sets up sinks, hooks and the exec child for `cfg`, and starts keeping the session's
     /// token alive until [`AgentLoop::shutdown`].
     pub(super) fn new(
-        source: &ConfigSource,
+        source: Arc<dyn ConfigLoader>,
         cfg: Config,
         shared: Shared,
         stop: watch::Sender<bool>,
@@ -140,7 +140,7 @@ impl AgentLoop {
         let maintain = tokio::spawn(shared.session.clone().maintain(stop.subscribe()));
         let child = exec.map(|spec| exec::Child::new(spec, cfg.exec.clone().unwrap_or_default()));
         Ok(AgentLoop {
-            source: source.clone(),
+            source,
             cfg,
             shared,
             syncer,
@@ -342,7 +342,7 @@ impl AgentLoop {
     /// the rotation task takes the new config at its next round. (The exec child keeps the
     /// `[exec]` section it was started with.)
     pub(super) fn reload(&mut self) -> Result<(), AgentError> {
-        let cfg = config::load(&self.source)?;
+        let cfg = self.source.load().map_err(AgentError::Config)?;
         let (syncer, hooks) = build(&cfg, &self.shared.session, &self.shared.metrics)?;
         self.shared.health.set_sink_failure_threshold(cfg.agent.unready_after_sink_failures);
         self.syncer = syncer;

@@ -2,14 +2,13 @@
 //! the thing and the fix; the CLI maps [`AgentError::Config`] to the usage exit code (2) and
 //! everything else to 1.
 
-use crate::config::ConfigError;
 use crate::vault::VaultError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     /// The config file (or an environment override) is unusable.
     #[error("invalid config: {0}")]
-    Config(#[from] ConfigError),
+    Config(Box<dyn std::error::Error + Send + Sync>),
     /// Nothing to render and no command to run: the agent would do nothing.
     #[error("{path}: no sinks configured; add [[keys.NAME.sinks]] with a path (see docs/agent.md)")]
     NoSinks { path: String },

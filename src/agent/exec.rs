@@ -6,7 +6,7 @@
 //! together (within `wait_min` of each other) restart the child once.
 
 use super::sync::{PassReport, Syncer};
-use crate::config::{ExecConfig, ExecOnChange};
+use super::config::{ExecConfig, ExecOnChange};
 use crate::store::KeyName;
 use crate::store::SinkHold;
 use nix::sys::signal::{kill, Signal};

@@ -8,7 +8,7 @@
 //! hook signalling a pid file falls due, the other pending hooks signalling it run with it.
 
 use super::SignalName;
-use crate::config::OnChangeConfig;
+use super::config::OnChangeConfig;
 use crate::store::KeyName;
 use crate::telemetry::{Metrics, SinkResultLabel};
 use std::collections::{BTreeMap, BTreeSet};
@@ -201,7 +201,7 @@ async fn run_hook(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::HumanDuration;
+    use crate::duration::HumanDuration;
 
     fn cfg(cmd: &str, wait_min: u64) -> OnChangeConfig {
         OnChangeConfig {

@@ -10,6 +10,7 @@
 
 mod agent_loop;
 mod child;
+pub mod config;
 mod error;
 mod exec;
 mod hooks;
@@ -19,12 +20,12 @@ mod signal;
 mod sync;
 
 pub use child::{check_pass_env, RunAs};
+pub use config::{AgentConfig, Config, ConfigLoader, ExecConfig, ExecOnChange, KeyConfig, OnChangeConfig};
 pub use error::AgentError;
 pub use exec::ExecSpec;
 pub use signal::SignalName;
 pub use sync::{PassReport, Syncer};
 
-use crate::config::{self, Config, ConfigSource};
 use crate::rotation::Clock;
 use crate::telemetry::{Health, Metrics};
 use crate::vault::{Authenticator, Session, VaultClient, VaultSettings};
@@ -41,14 +42,14 @@ pub type ExitCode = i32;
 /// `clock` is "now" for the agent's deadlines and rotation decisions (the system clock, except
 /// in tests).
 pub async fn run(
-    source: &ConfigSource,
+    source: Arc<dyn ConfigLoader>,
     once: bool,
     exec: Option<ExecSpec>,
     clock: Arc<dyn Clock>,
 ) -> Result<ExitCode, AgentError> {
-    let cfg = config::load(source)?;
+    let cfg = source.load().map_err(AgentError::Config)?;
     if cfg.rendered_keys().is_empty() && exec.is_none() {
-        return Err(AgentError::NoSinks { path: source.path.display().to_string() });
+        return Err(AgentError::NoSinks { path: source.path().display().to_string() });
     }
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new(cfg.agent.poll_interval.get()));

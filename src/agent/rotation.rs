@@ -3,9 +3,8 @@
 //! [`crate::rotation::rotate_due`], the same loop `keysync rotate --due` uses.
 
 use super::jittered;
-use crate::config::Config;
+use super::config::Config;
 use crate::rotation::{rotate_due, Clock, DueOptions, Engine, FailureLog, KeyPlan, Memory};
-use crate::store::KeyStore;
 use crate::telemetry::Metrics;
 use crate::vault::Session;
 use rand::seq::SliceRandom as _;
@@ -61,7 +60,7 @@ async fn round(cfg: &Config, deps: &RotationDeps, memory: &Memory, log: &mut Fai
         }
     }
     plans.shuffle(&mut rand::rng());
-    let store = KeyStore::from_config(cfg, deps.session.clone());
+    let store = cfg.key_store(deps.session.clone());
     let mut engine = Engine::new(&store, deps.clock.as_ref(), Some(&deps.metrics), memory);
     engine.start_jitter = Some(start_jitter(cfg.agent.rotation_check_interval.get()));
     let opts = DueOptions {

@@ -2,7 +2,7 @@
 //! only for those, and render every sink whose inputs changed. The filesystem is touched only
 //! through `render`; a Vault error leaves every file as it was.
 
-use crate::config::Config;
+use super::config::Config;
 use crate::render::{DirSink, KeyMaterial, RenderError, RenderOutcome, Sink};
 use crate::secret::Secret;
 use crate::store::{IndexCursor, IndexEntry, IndexFormat, KeyName, KeyStore, SinkHold, VersionRead};

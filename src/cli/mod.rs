@@ -340,7 +340,7 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
 
 async fn run_agent(source: &ConfigSource, once: bool, exec: Option<crate::agent::ExecSpec>) -> Result<(), CliError> {
     let clock = std::sync::Arc::new(crate::rotation::SystemClock);
-    match crate::agent::run(source, once, exec, clock).await {
+    match crate::agent::run(Arc::new(source.clone()), once, exec, clock).await {
         Ok(0) => Ok(()),
         Ok(code) => Err(CliError { code, message: String::new() }),
         Err(e) if e.is_usage() => Err(CliError::usage(e.to_string())),
@@ -355,7 +355,7 @@ async fn open_store(source: &ConfigSource) -> Result<KeyStore, CliError> {
 
 /// [`open_store`] for a config already loaded.
 async fn store_for(cfg: &Config) -> Result<KeyStore, CliError> {
-    Ok(KeyStore::from_config(cfg, connect(cfg).await?))
+    Ok(cfg.key_store(connect(cfg).await?))
 }
 
 /// Loads and validates the config.

@@ -1,213 +1,32 @@
-//! keysync's configuration: a TOML file plus `KEYSYNC_*` environment overrides (`__` nests:
-//! `KEYSYNC_VAULT__ADDRESS`), read with the `config` crate into types that refuse unknown
-//! fields. Vault connection settings fall back to the usual `VAULT_*` variables.
+//! Reading keysync's configuration: a TOML file plus `KEYSYNC_*` environment overrides (`__`
+//! nests: `KEYSYNC_VAULT__ADDRESS`), read with the `config` crate into types that refuse
+//! unknown fields, then validated; every problem comes back as a [`ConfigError`] that names
+//! the file, the field and the fix. Vault connection settings fall back to the usual `VAULT_*`
+//! variables.
+//!
+//! This module loads; it does not own the sections. Each module owns its config types and
+//! their validation (the agent: [`crate::agent::Config`], the file's schema, and `[agent]`,
+//! `[exec]`, hooks; store: `[kv]`; rotation: `[rotation]` and the key plan; provider:
+//! providers and validation; render: sinks; vault: `[vault]`). They are re-exported here so
+//! callers name one module for "the config". The loader sits above the agent in the module
+//! layers (see `tests/module_graph.rs`): nothing it reads imports it back.
 //!
 //! The config text never holds a secret: tokens, secret_ids and JWTs are read from files or
 //! the environment at login time, so printing the resolved config is always safe.
 
-mod duration;
-
-pub use duration::HumanDuration;
-
+pub use crate::agent::{AgentConfig, Config, ExecConfig, ExecOnChange, KeyConfig, OnChangeConfig};
+pub use crate::duration::HumanDuration;
+pub use crate::rotation::RotationConfig;
+pub use crate::store::KvConfig;
 pub use crate::vault::{AppRoleAuth, AuthConfig, CertAuth, JwtAuth, KubernetesAuth, TokenAuth, VaultConfig};
 
-use crate::render::{DirSinkConfig, SinkConfig};
-use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use crate::field::FieldError;
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 /// The default config file, looked up in the working directory.
 pub const DEFAULT_CONFIG_FILE: &str = "keysync.toml";
-
-/// Everything keysync reads from its config file.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct Config {
-    pub vault: VaultConfig,
-    pub kv: KvConfig,
-    pub rotation: RotationConfig,
-    pub agent: AgentConfig,
-    /// Per-key settings: `[keys.NAME]` with `[[keys.NAME.sinks]]`.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub keys: BTreeMap<String, KeyConfig>,
-    /// Sinks rendering several keys (`keys = [...]`).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub sinks: Vec<SinkConfig>,
-    /// Directory sinks: several files switched at once (`..data` symlink swap).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub dir_sinks: Vec<DirSinkConfig>,
-    /// `keysync exec`: environment variables for the child.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub exec: Option<ExecConfig>,
-}
-
-/// `[agent]`: the long-running sync loop.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct AgentConfig {
-    /// How often to look for changes (one Vault request per poll); each wait is up to 10% shorter
-    /// (jitter spreads agents, never delays a change beyond one interval).
-    pub poll_interval: HumanDuration,
-    /// Every key's metadata is re-read once per this interval, a few keys each poll, catching
-    /// changes the index did not announce (edited by hand, or a writer that died in between).
-    pub full_sync_interval: HumanDuration,
-    /// Address of /metrics, /healthz, /readyz; "off" disables the endpoint.
-    pub listen: String,
-    /// Rotate keys that have a `provider` when they fall due.
-    pub rotate: bool,
-    /// How often a rotating agent checks its keys' schedules (a few requests per key).
-    pub rotation_check_interval: HumanDuration,
-    /// Record the fingerprints this agent rendered under `<prefix>/_acks/<agent-id>`, so a
-    /// previous key is retired once every reporting agent switched (or grace ends).
-    pub report_renders: bool,
-    /// `/readyz` answers 503 (naming the sink and its error) once a sink has failed this many
-    /// passes in a row; 0 = sink failures never make the agent unready.
-    pub unready_after_sink_failures: u32,
-}
-
-impl Default for AgentConfig {
-    fn default() -> Self {
-        AgentConfig {
-            poll_interval: HumanDuration::from_secs(10),
-            full_sync_interval: HumanDuration::from_secs(3600),
-            listen: "127.0.0.1:9464".into(),
-            rotate: false,
-            rotation_check_interval: HumanDuration::from_secs(60),
-            report_renders: false,
-            unready_after_sink_failures: 3,
-        }
-    }
-}
-
-/// `[keys.NAME]`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct KeyConfig {
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub sinks: Vec<SinkConfig>,
-    /// Run a command or signal a process when this key's files change.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub on_change: Option<OnChangeConfig>,
-    /// When to rotate (interval or cron schedule, max_age, grace, jitter, validate…).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rotation: Option<crate::rotation::RotationPolicy>,
-    /// Where new keys come from: generate | command | manual.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub provider: Option<crate::provider::ProviderConfig>,
-    /// How a new key is checked before promotion (a cheap authenticated GET).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub validation: Option<crate::provider::Validation>,
-}
-
-/// `[keys.NAME.on_change]`: argv (no shell), or a signal to the pid in `pid_file`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct OnChangeConfig {
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub command: Vec<String>,
-    pub timeout: Option<HumanDuration>,
-    /// Parsed when the config is loaded: an unknown name is a config error.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub signal: Option<crate::agent::SignalName>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pid_file: Option<PathBuf>,
-    /// Quiet period after a change before the hook runs (debounce), like consul-template's wait.
-    pub wait_min: Option<HumanDuration>,
-    /// The hook runs at most this long after the first change, even if changes continue.
-    pub wait_max: Option<HumanDuration>,
-    /// Run the command as this user (name or uid) instead of keysync's; needs keysync as root.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-    /// ...and this group (name or gid); default: the user's primary group.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub group: Option<String>,
-    /// Variables of keysync's environment the command may see besides `PATH` (names or
-    /// `PREFIX_*`); `VAULT_*`, `BAO_*` and `KEYSYNC_*` are never passed.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub pass_env: Vec<String>,
-}
-
-/// `[exec]`: `keysync exec -- CMD` runs CMD with keys in its environment.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct ExecConfig {
-    /// Environment variable → key name, e.g. `OPENAI_API_KEY = "openai"`.
-    pub env: BTreeMap<String, String>,
-    /// On change: `restart` the child (default), or send it `signal`.
-    pub on_change: ExecOnChange,
-    pub signal: Option<crate::agent::SignalName>,
-    /// How long a stopping child gets between SIGTERM and SIGKILL.
-    pub kill_timeout: Option<HumanDuration>,
-    /// Debounce: restart (or signal) the child only after its keys were quiet this long, so
-    /// keys changing together restart it once.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub wait_min: Option<HumanDuration>,
-    /// ...but no later than this after the first change.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub wait_max: Option<HumanDuration>,
-    /// Run the child as this user (name or uid); needs keysync as root.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-    /// ...and this group (name or gid); default: the user's primary group.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub group: Option<String>,
-    /// Variables of keysync's environment the child may see besides the basics (`PATH`,
-    /// `HOME`, `USER`, `LANG`, `LC_*`, `TZ`, `TERM`, …): names or `PREFIX_*`, or `"*"` for
-    /// all; `VAULT_*`, `BAO_*` and `KEYSYNC_*` are never passed.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub pass_env: Vec<String>,
-}
-
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum ExecOnChange {
-    #[default]
-    Restart,
-    Signal,
-}
-
-/// `[rotation]`: defaults for every key's rotation policy.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct RotationConfig {
-    /// How long the previous key stays valid (and rendered) after a new one is promoted.
-    pub grace: HumanDuration,
-    /// A version written by keysync but not yet recorded in the metadata is adopted as
-    /// pending once it is this old (its writer crashed); younger, its writer is still at work.
-    pub adopt_after: HumanDuration,
-    /// Render reports older than this are ignored (the agent is gone); reporting agents
-    /// refresh theirs every `ack_ttl` / 2.
-    pub ack_ttl: HumanDuration,
-    /// How long past grace a previous key may stay unretired because a fresh agent still
-    /// holds it; then it is retired anyway (logged, counted, shown by `status`).
-    pub max_hold: HumanDuration,
-}
-
-impl Default for RotationConfig {
-    fn default() -> Self {
-        RotationConfig {
-            grace: HumanDuration::from_secs(24 * 3600),
-            adopt_after: HumanDuration::from_secs(30),
-            ack_ttl: HumanDuration::from_secs(600),
-            max_hold: HumanDuration::from_secs(12 * 3600),
-        }
-    }
-}
-
-/// `[kv]`: where keys live: `<mount>/data/<prefix>/<NAME>`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct KvConfig {
-    pub mount: String,
-    pub prefix: String,
-}
-
-impl Default for KvConfig {
-    fn default() -> Self {
-        KvConfig { mount: "secret".into(), prefix: "keysync".into() }
-    }
-}
 
 /// A config problem, said so a person can fix it: which file, which field, what to do.
 #[derive(Debug, Clone, PartialEq)]
@@ -289,7 +108,7 @@ pub fn load_with_env(source: &ConfigSource, env: &HashMap<String, String>) -> Re
     };
     let raw = builder.build().map_err(|e| translate_config_error(&label, e))?;
     let cfg: Config = raw.try_deserialize().map_err(|e| translate_config_error(&label, e))?;
-    cfg.validate(&file_label)?;
+    validate(&cfg, &file_label)?;
     Ok(cfg)
 }
 
@@ -334,15 +153,16 @@ fn translate_config_error(label: &str, err: config::ConfigError) -> ConfigError 
         let value = value.split(" for key").next().unwrap_or(value).trim();
         let field = key_from_message(&text).map(|k| normalize_key(&k));
         let enum_name = head.trim_start_matches("enum ").trim();
-        let presets = crate::provider::Preset::choices();
         let choices = match enum_name {
-            "SinkFormat" => "raw, env, json, template",
-            "WriteMode" => "atomic, in_place",
-            "OnMissing" => "keep, remove",
-            "ExecOnChange" => "restart, signal",
-            "Preset" => presets.as_str(),
-            _ => "a value listed in the README",
-        };
+            "SinkFormat" => variants_of::<crate::render::SinkFormat>(),
+            "WriteMode" => variants_of::<crate::render::WriteMode>(),
+            "OnMissing" => variants_of::<crate::render::OnMissing>(),
+            "Charset" => variants_of::<crate::provider::Charset>(),
+            "ExecOnChange" => variants_of::<ExecOnChange>(),
+            "Preset" => variants_of::<crate::provider::Preset>(),
+            _ => None,
+        }
+        .unwrap_or_else(|| "a value listed in docs/configuration.md".into());
         return ConfigError::new(
             label,
             field.as_deref(),
@@ -358,6 +178,15 @@ fn translate_config_error(label: &str, err: config::ConfigError) -> ConfigError 
     }
     let field = key_from_message(&text).map(|k| normalize_key(&k));
     ConfigError::new(label, field.as_deref(), text)
+}
+
+/// The values an enum accepts (`raw, env, json, template`), read from serde's own refusal of a
+/// value no enum has, so the list in a message cannot drift from the type.
+fn variants_of<T: serde::de::DeserializeOwned>() -> Option<String> {
+    let refusal = serde_json::from_value::<T>(serde_json::Value::String("\u{0}".into())).err()?.to_string();
+    let expected = refusal.split_once("expected")?.1;
+    let names: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    (!names.is_empty()).then(|| names.join(", "))
 }
 
 /// The config crate writes `sinks[0]format` for `sinks[0].format`.
@@ -381,211 +210,12 @@ fn key_from_message(text: &str) -> Option<String> {
     Some(rest[..end].to_string())
 }
 
-impl Config {
-    /// Checks what serde cannot: names, paths and combinations.
-    pub fn validate(&self, source: &str) -> Result<(), ConfigError> {
-        self.vault.validate().map_err(|e| ConfigError::new(source, Some(e.field), e.message))?;
-        self.validate_agent(source)?;
-        check_segment(source, "kv.mount", &self.kv.mount, false)?;
-        check_segment(source, "kv.prefix", &self.kv.prefix, true)?;
-        Ok(())
-    }
-
-    fn validate_agent(&self, source: &str) -> Result<(), ConfigError> {
-        if self.agent.poll_interval.get() < std::time::Duration::from_millis(100) {
-            return Err(ConfigError::new(source, Some("agent.poll_interval"), "must be at least 100ms"));
-        }
-        if self.agent.listen != "off" && self.agent.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(ConfigError::new(
-                source,
-                Some("agent.listen"),
-                format!("{:?} is not host:port (e.g. \"127.0.0.1:9464\") or \"off\"", self.agent.listen),
-            ));
-        }
-        let known = |k: &str| crate::store::KeyName::parse(k).is_ok();
-        let mut paths = std::collections::BTreeSet::new();
-        let mut check_path = |field: String, path: &Path| {
-            if !paths.insert(path.to_path_buf()) {
-                return Err(ConfigError::new(
-                    source,
-                    Some(&field),
-                    format!("{} is written by another sink too; give each sink its own path", path.display()),
-                ));
-            }
-            Ok(())
-        };
-        for (name, key) in &self.keys {
-            if !known(name) {
-                return Err(ConfigError::new(
-                    source,
-                    Some(&format!("keys.{name}")),
-                    crate::store::KeyName::parse(name).err().unwrap_or_default(),
-                ));
-            }
-            for (i, sink) in key.sinks.iter().enumerate() {
-                let field = format!("keys.{name}.sinks[{i}]");
-                sink.validate().map_err(|m| ConfigError::new(source, Some(&field), m))?;
-                if !sink.keys.is_empty() {
-                    return Err(ConfigError::new(
-                        source,
-                        Some(&format!("{field}.keys")),
-                        "a sink under [keys.NAME] renders that key; put multi-key sinks in [[sinks]]",
-                    ));
-                }
-                check_path(field, &sink.path)?;
-            }
-            if let Some(policy) = &key.rotation {
-                policy.validate().map_err(|m| ConfigError::new(source, Some(&format!("keys.{name}.rotation")), m))?;
-            }
-            if let Some(p) = &key.provider {
-                p.build()
-                    .map_err(|e| ConfigError::new(source, Some(&format!("keys.{name}.provider")), e.to_string()))?;
-            }
-            if let Some(v) = &key.validation {
-                v.check().map_err(|m| ConfigError::new(source, Some(&format!("keys.{name}.validation")), m))?;
-            }
-            if let Some(hook) = &key.on_change {
-                let field = format!("keys.{name}.on_change");
-                if hook.command.is_empty() && hook.signal.is_none() {
-                    return Err(ConfigError::new(
-                        source,
-                        Some(&field),
-                        "set command = [\"prog\", \"arg\"] or signal + pid_file",
-                    ));
-                }
-                if hook.signal.is_some() != hook.pid_file.is_some() {
-                    return Err(ConfigError::new(source, Some(&field), "signal and pid_file go together"));
-                }
-                crate::agent::check_pass_env(&hook.pass_env)
-                    .map_err(|m| ConfigError::new(source, Some(&format!("{field}.pass_env")), m))?;
-                // The message starts with the field (`keys.NAME.on_change.user: …`).
-                crate::agent::RunAs::resolve(&field, hook.user.as_deref(), hook.group.as_deref())
-                    .map_err(|m| ConfigError::new(source, None, m))?;
-            }
-        }
-        for (i, sink) in self.sinks.iter().enumerate() {
-            let field = format!("sinks[{i}]");
-            sink.validate().map_err(|m| ConfigError::new(source, Some(&field), m))?;
-            if sink.keys.is_empty() {
-                return Err(ConfigError::new(
-                    source,
-                    Some(&format!("{field}.keys")),
-                    "list the keys this sink renders, e.g. keys = [\"openai\"]",
-                ));
-            }
-            for k in &sink.keys {
-                if !known(k) {
-                    return Err(ConfigError::new(
-                        source,
-                        Some(&format!("{field}.keys")),
-                        format!("{k:?} is not a valid key name"),
-                    ));
-                }
-            }
-            check_path(field, &sink.path)?;
-        }
-        for (i, sink) in self.dir_sinks.iter().enumerate() {
-            let field = format!("dir_sinks[{i}]");
-            sink.validate().map_err(|m| ConfigError::new(source, Some(&field), m))?;
-            for f in &sink.files {
-                if f.keys.is_empty() {
-                    return Err(ConfigError::new(
-                        source,
-                        Some(&format!("{field}.files")),
-                        format!("file {:?} needs keys = [...]", f.name),
-                    ));
-                }
-            }
-            check_path(field, &sink.path)?;
-        }
-        if let Some(exec) = &self.exec {
-            for (var, key) in &exec.env {
-                if !crate::render::is_shell_identifier(var) {
-                    return Err(ConfigError::new(
-                        source,
-                        Some("exec.env"),
-                        format!("{var:?} is not a valid environment variable name"),
-                    ));
-                }
-                if !known(key) {
-                    return Err(ConfigError::new(
-                        source,
-                        Some("exec.env"),
-                        format!("{var} = {key:?}: not a valid key name"),
-                    ));
-                }
-            }
-            crate::agent::check_pass_env(&exec.pass_env)
-                .map_err(|m| ConfigError::new(source, Some("exec.pass_env"), m))?;
-            crate::agent::RunAs::resolve("exec", exec.user.as_deref(), exec.group.as_deref())
-                .map_err(|m| ConfigError::new(source, None, m))?;
-            if exec.on_change == ExecOnChange::Signal && exec.signal.is_none() {
-                return Err(ConfigError::new(
-                    source,
-                    Some("exec.signal"),
-                    "on_change = \"signal\" needs signal = \"SIGHUP\" (or another)",
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// The rotation plan of `name`, if it has a provider.
-    pub fn rotation_plan(&self, name: &str) -> Result<Option<crate::rotation::KeyPlan>, String> {
-        let Some(key) = self.keys.get(name) else { return Ok(None) };
-        let Some(provider) = &key.provider else { return Ok(None) };
-        let policy = key.rotation.clone().unwrap_or_default();
-        let grace = policy.grace.map(|g| g.get()).unwrap_or(self.rotation.grace.get());
-        let max_hold = policy.max_hold.map(|g| g.get());
-        Ok(Some(crate::rotation::KeyPlan {
-            name: crate::store::KeyName::parse(name)?,
-            provider: provider.build().map_err(|e| e.to_string())?,
-            validation: key.validation.clone(),
-            policy,
-            grace,
-            adopt_after: self.rotation.adopt_after.get(),
-            ack_ttl: self.rotation.ack_ttl.get(),
-            max_hold: max_hold.unwrap_or(self.rotation.max_hold.get()),
-        }))
-    }
-
-    /// Every key some sink or exec variable renders.
-    pub fn rendered_keys(&self) -> std::collections::BTreeSet<String> {
-        let mut out: std::collections::BTreeSet<String> =
-            self.keys.iter().filter(|(_, k)| !k.sinks.is_empty()).map(|(n, _)| n.clone()).collect();
-        out.extend(self.sinks.iter().flat_map(|s| s.keys.iter().cloned()));
-        out.extend(self.dir_sinks.iter().flat_map(|d| d.files.iter().flat_map(|f| f.keys.iter().cloned())));
-        if let Some(exec) = &self.exec {
-            out.extend(exec.env.values().cloned());
-        }
-        out
-    }
-
-    /// The resolved config as TOML. Safe to print: the config holds no secrets.
-    pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
-    }
-}
-
-/// Mount and prefix become URL path segments: keep them to plain names.
-fn check_segment(source: &str, field: &str, value: &str, allow_slash: bool) -> Result<(), ConfigError> {
-    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') || (allow_slash && c == '/');
-    if value.is_empty()
-        || !value.chars().all(ok_char)
-        || value.starts_with('/')
-        || value.ends_with('/')
-        || value.split('/').any(|s| s.is_empty() || s == "." || s == "..")
-    {
-        return Err(ConfigError::new(
-            source,
-            Some(field),
-            format!(
-                "{value:?} is not a valid path segment; use letters, digits, '-', '_' and '.'{}",
-                if allow_slash { " with single '/' between parts (e.g. \"keysync/prod\")" } else { "" }
-            ),
-        ));
-    }
-    Ok(())
+/// Checks what serde cannot, as [`load`] does: `[vault]` by [`VaultConfig::validate`], every
+/// other section by its own type ([`Config::validate`]). `source` names where the config came from, for the message.
+pub fn validate(cfg: &Config, source: &str) -> Result<(), ConfigError> {
+    let placed = |e: FieldError| ConfigError::new(source, e.field.as_deref(), e.message);
+    cfg.vault.validate().map_err(|e| ConfigError::new(source, Some(e.field), e.message))?;
+    cfg.validate().map_err(placed)
 }
 
 /// Resolves a config path given on the command line, or the default.
@@ -593,6 +223,17 @@ pub fn source_from_arg(arg: Option<&Path>) -> ConfigSource {
     match arg {
         Some(p) => ConfigSource { path: p.to_path_buf(), explicit: true },
         None => ConfigSource { path: PathBuf::from(DEFAULT_CONFIG_FILE), explicit: false },
+    }
+}
+
+/// The agent reads its config through this (at start, and again on SIGHUP).
+impl crate::agent::ConfigLoader for ConfigSource {
+    fn load(&self) -> Result<Config, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(load(self)?)
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
     }
 }
 
@@ -674,6 +315,16 @@ mod tests {
         let err = load_text("[[sinks]]\npath = \"/tmp/x\"\nkeys = [\"a\"]\nformat = \"yaml\"\n", &[]).unwrap_err();
         assert_eq!(err.field.as_deref(), Some("sinks[0].format"), "{err}");
         assert!(err.message.contains("\"yaml\"") && err.message.contains("raw, env, json, template"), "{err}");
+    }
+
+    #[test]
+    fn enum_choices_come_from_the_types() {
+        assert_eq!(variants_of::<crate::render::WriteMode>().as_deref(), Some("atomic, in_place"));
+        assert_eq!(variants_of::<ExecOnChange>().as_deref(), Some("restart, signal"));
+        let presets = variants_of::<crate::provider::Preset>().unwrap();
+        assert!(presets.starts_with("openai, ") && presets.contains("anthropic"), "{presets}");
+        let err = load_text("[exec]\non_change = \"reboot\"\n", &[]).unwrap_err();
+        assert!(err.message.contains("use one of restart, signal"), "{err}");
     }
 
     #[test]

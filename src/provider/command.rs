@@ -3,7 +3,7 @@
 //! environment and a timeout, and reads one JSON object from its stdout.
 
 use super::{BoxFuture, Capabilities, Kind, Minted, Provider, ProviderError};
-use crate::config::HumanDuration;
+use crate::duration::HumanDuration;
 use crate::secret::Secret;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

@@ -29,7 +29,7 @@ pub struct OpenAiConfig {
     #[serde(default = "default_name_prefix")]
     pub name_prefix: String,
     #[serde(default = "default_timeout")]
-    pub timeout: crate::config::HumanDuration,
+    pub timeout: crate::duration::HumanDuration,
 }
 
 fn default_base_url() -> String {
@@ -38,8 +38,8 @@ fn default_base_url() -> String {
 fn default_name_prefix() -> String {
     "keysync".into()
 }
-fn default_timeout() -> crate::config::HumanDuration {
-    crate::config::HumanDuration::from_secs(30)
+fn default_timeout() -> crate::duration::HumanDuration {
+    crate::duration::HumanDuration::from_secs(30)
 }
 
 impl OpenAiConfig {

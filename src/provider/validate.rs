@@ -3,7 +3,7 @@
 //! down" must never be mistaken for "the key is bad" (or worse, "the key is good").
 
 use super::http::{self, Call, Failure, GaveUp, Retried, Retry, Step};
-use crate::config::HumanDuration;
+use crate::duration::HumanDuration;
 use crate::secret::Secret;
 use reqwest::header::{HeaderName, HeaderValue, AUTHORIZATION};
 use reqwest::{Method, StatusCode};

@@ -5,6 +5,7 @@
 //! both the agent and `keysync rotate --due`.
 
 pub mod clock;
+mod config;
 mod due;
 mod engine;
 pub mod holds;
@@ -12,6 +13,7 @@ mod policy;
 mod quiet;
 
 pub use clock::{Clock, FakeClock, SystemClock};
+pub use config::RotationConfig;
 pub use due::{rotate_due, DueOptions, KeyResult};
 pub use engine::{Engine, KeyPlan, Memory, Outcome, SETTLE_FOR};
 pub use policy::{decide, jitter_offset, parse_schedule, Decision, RotationPolicy};

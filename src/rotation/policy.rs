@@ -1,6 +1,6 @@
 //! The per-key rotation policy and the pure function deciding whether a key is due.
 
-use crate::config::HumanDuration;
+use crate::duration::HumanDuration;
 use chrono::{DateTime, Duration, Utc};
 use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;

@@ -5,6 +5,7 @@
 //! state changes are merge-PATCHes of only the fields that changed.
 
 mod acks;
+mod config;
 mod index;
 mod intent;
 mod kv;
@@ -12,6 +13,7 @@ mod name;
 mod state;
 
 pub use acks::{ack_id, Ack, Acks, SinkHold};
+pub use config::KvConfig;
 pub use index::{
     names_in_shard, shard_of, Index, IndexCursor, IndexEntry, IndexFormat, IndexSnapshot, Polled, INDEX_DIR,
     INDEX_NAME, SHARDS,
@@ -238,9 +240,10 @@ impl KeyStore {
         }
     }
 
-    /// The store the config describes (`[kv]`, `[rotation] grace`), acting as [`default_actor`].
-    pub fn from_config(cfg: &crate::config::Config, session: std::sync::Arc<crate::vault::Session>) -> Self {
-        KeyStore::new(Kv::new(session, &cfg.kv.mount, &cfg.kv.prefix), cfg.rotation.grace.get(), default_actor())
+    /// The store `[kv]` describes, with the default grace period (`[rotation] grace`), acting
+    /// as [`default_actor`].
+    pub fn from_config(kv: &KvConfig, grace: Duration, session: std::sync::Arc<crate::vault::Session>) -> Self {
+        KeyStore::new(Kv::new(session, &kv.mount, &kv.prefix), grace, default_actor())
     }
 
     /// The same store with another grace period (a key's own `rotation.grace`).

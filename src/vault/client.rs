@@ -805,7 +805,7 @@ fn transport_detail(err: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::VaultConfig;
+    use crate::vault::VaultConfig;
     use std::collections::HashMap;
 
     fn resolve(cfg: &VaultConfig, env: &[(&str, &str)]) -> Result<VaultSettings, VaultError> {

@@ -2,7 +2,7 @@
 //! cannot make. The vault module owns these types; `crate::config` re-exports them and turns an
 //! [`InvalidField`] into its own error naming the file.
 
-use crate::config::HumanDuration;
+use crate::duration::HumanDuration;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 

@@ -1,4 +1,7 @@
 //! Human-friendly durations in config (`"30s"`, `"7d"`, `"1h 30m"`), parsed with humantime.
+//!
+//! A leaf module: every module's config types use it, so it imports nothing of keysync (it used
+//! to live in `config/`, which made every config type reach up into the loader).
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
