@@ -451,6 +451,7 @@ async fn rotate_due_rotates_keys_side_by_side_but_never_more_than_eight_at_once(
     eprintln!("most mints in flight at once: {most}");
     assert!(most <= 8, "{most} mints at once: the bound is 8");
     assert!(most >= 2, "the keys were rotated one after the other ({most} at once at most)");
+}
 
 /// `KEYSYNC_TEST_CLOCK` moves keysync's time only in a `test-clock` build (tests, never
 /// release: src/rotation/clock.rs refuses to compile the feature without debug assertions).

@@ -9,7 +9,7 @@ use crate::telemetry::Metrics;
 use crate::vault::Session;
 use rand::seq::SliceRandom as _;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::watch;
 
 /// Keys rotated at the same time by one agent: enough to hide provider latency, few enough not
