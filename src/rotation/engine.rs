@@ -765,7 +765,10 @@ impl Engine<'_> {
         // grace: `--force`, or an interval shorter than grace). Retire it first.
         let record = self.store.require(name).await?;
         if let Some(p) = record.state.previous.filter(|p| *p != version && record.state.current != Some(version)) {
-            tracing::warn!(key = %name, version = p, "rotating again while the previous key is in its grace period; retiring it now so it is not left live at the provider");
+            if record.state.in_grace(self.clock.now()) {
+                tracing::warn!(key = %name, version = p, "rotating again while the previous key is in its grace period; retiring it now so it is not left live at the provider");
+            }
+            // (Grace over: the retirement `step` left to this promotion, nothing to revoke.)
             self.retire(plan, p).await?;
         }
         let now = self.clock.now();
