@@ -193,8 +193,16 @@ async fn an_agent_on_a_legacy_index_renders_and_follows_the_upgrade() {
     .unwrap();
     let read = |f: &str| std::fs::read_to_string(d.join(f)).unwrap_or_default().trim().to_string();
     let agent = Agent::start(&config, &server.addr, &server.root_token, &["run"], d);
-    assert!(eventually(Duration::from_secs(10), || read("a.key") == "sk-legacy-a-one-1111111111111").await);
-    assert_eq!(read("b.key"), "sk-legacy-b-one-1111111111111");
+    // One pass renders both files, one after the other (each written and fsynced): wait for
+    // both, not for the first only.
+    assert!(
+        eventually(Duration::from_secs(10), || read("a.key") == "sk-legacy-a-one-1111111111111"
+            && read("b.key") == "sk-legacy-b-one-1111111111111")
+        .await,
+        "a: {:?}, b: {:?}",
+        read("a.key"),
+        read("b.key")
+    );
 
     // An old writer changes a key: the agent follows it through the legacy index (its full
     // sync is an hour away).

@@ -471,3 +471,83 @@ async fn the_test_clock_moves_keysync_only_in_a_test_clock_build() {
     let want = if support::clock::VIRTUAL { "rotated" } else { "not_due" };
     assert_eq!(out[0]["outcome"]["result"], want, "test-clock feature built in: {}: {out}", support::clock::VIRTUAL);
 }
+
+/// Every request one `keysync rotate NAME` makes, from the server's audit log (method and
+/// path), for a `generate` key: the rotation itself — reading the key, minting, the CAS write,
+/// the promotion, the index update — costs at most 6 requests, and the rest is the process's
+/// one-time set-up (token lookup, KV mount check, finding the index root), listed and bounded
+/// too. Twice: a first rotation, and one after grace ended (the retirement of the previous
+/// version rides on the promotion).
+#[tokio::test]
+async fn one_rotation_costs_at_most_six_vault_requests() {
+    let server = DevServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cli = Cli::new(&server, &server.root_token, dir.path());
+    let audit = dir.path().join("audit.log");
+    server
+        .admin()
+        .write(
+            "sys/audit/file",
+            serde_json::json!({ "type": "file", "options": { "file_path": audit.display().to_string() } }),
+        )
+        .await;
+    let cfg = config(
+        dir.path(),
+        "[keys.gateway.provider]\ntype = \"generate\"\nprefix = \"sk-gw-\"\n[keys.gateway.rotation]\ninterval = \"1s\"\ngrace = \"1s\"\n",
+    );
+    cli.run_with_stdin(&["put", "gateway"], "sk-gw-initial-aaaaaaaaaaaaaaaaaaaa");
+    let requests_since = |offset: u64| -> Vec<(String, String)> {
+        let text = std::fs::read(&audit).unwrap();
+        String::from_utf8_lossy(&text[offset as usize..])
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l.trim_matches('\0')).ok())
+            .filter(|e| e["type"] == "request")
+            .map(|e| {
+                (
+                    e["request"]["operation"].as_str().unwrap_or("?").to_string(),
+                    e["request"]["path"].as_str().unwrap_or("?").to_string(),
+                )
+            })
+            .collect()
+    };
+    for round in 1..=2u64 {
+        // Due (interval 1 s) and, the second time, the previous version's grace is over.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let before = std::fs::metadata(&audit).unwrap().len();
+        let out = cli.json(&["--config", &cfg, "rotate", "gateway"]);
+        assert_eq!(out[0]["outcome"]["result"], "rotated", "round {round}: {out}");
+        let all = requests_since(before);
+        let listing: Vec<String> = all.iter().map(|(op, path)| format!("{op} {path}")).collect();
+        let (rotation, setup): (Vec<_>, Vec<_>) = all
+            .iter()
+            .partition(|(op, path)| path.contains("/gateway") || (path.contains("_index.d/") && op != "read"));
+        assert!(
+            rotation.len() <= 6,
+            "round {round}: the rotation made {} requests (at most 6):\n{}",
+            rotation.len(),
+            listing.join("\n")
+        );
+        // Once per process: token lookup, KV v2 mount check, the index root and legacy check
+        // before the first index write.
+        assert!(
+            setup.iter().all(|(_, p)| p.starts_with("auth/token/") || p.starts_with("sys/") || p.contains("_index")),
+            "round {round}: unexpected requests:\n{}",
+            listing.join("\n")
+        );
+        assert!(setup.len() <= 4, "round {round}: {} set-up requests:\n{}", setup.len(), listing.join("\n"));
+        let status = cli.json(&["status", "gateway"]);
+        assert_eq!(status[0]["current"]["version"], round + 1, "{status}");
+        assert_eq!(status[0]["previous"]["version"], round, "the promoted key's predecessor is in grace: {status}");
+        assert!(status[0]["pending"].is_null() && status[0]["interrupted_rotation"].is_null(), "{status}");
+        eprintln!(
+            "round {round}: {} requests for the rotation, {} set-up:\n{}",
+            rotation.len(),
+            setup.len(),
+            listing.join("\n")
+        );
+    }
+    // What agents read: the index announces the new current version.
+    let shard = keysync::store::shard_of("gateway");
+    let entry = server.admin().read(&format!("secret/data/keysync/_index.d/{shard:02x}")).await;
+    assert_eq!(entry["data"]["data"]["gateway"]["current"], 3, "index entry updated: {entry}");
+}

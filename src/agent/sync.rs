@@ -208,6 +208,7 @@ impl Syncer {
     async fn pass_inner(&mut self, full: bool) -> Result<PassReport, VaultError> {
         let entries = self.entries(full).await?;
         let now = crate::rotation::clock::now();
+        let mut to_read = Vec::new();
         for name in self.keys.clone() {
             let entry = match entries.get(&name) {
                 Some(e) => e.clone(),
@@ -226,9 +227,19 @@ impl Syncer {
             if !needs_read {
                 continue;
             }
-            let fresh = self.read_key(&name, entry, previous_visible).await?;
-            self.update_key_metrics(&name, &fresh);
-            self.cache.insert(name, fresh);
+            to_read.push((name, entry, previous_visible));
+        }
+        // A few reads in flight at once: a start with 100,000 keys is 100,000 data reads, and
+        // one at a time they take minutes of round trips. Any error leaves the cache as it was
+        // for the keys not read yet, as before.
+        for chunk in to_read.chunks(READS_IN_FLIGHT) {
+            let reads = chunk.iter().map(|(name, entry, prev)| self.read_key(name, entry.clone(), *prev));
+            let fresh = join_all(reads).await;
+            for ((name, _, _), fresh) in chunk.iter().zip(fresh) {
+                let fresh = fresh?;
+                self.update_key_metrics(name, &fresh);
+                self.cache.insert(name.clone(), fresh);
+            }
         }
         for (name, c) in &self.cache {
             if let Some(since) = c.entry.since {
@@ -250,9 +261,12 @@ impl Syncer {
             // Look at the root first, so changes during the full read are seen next poll.
             let mut cursor = IndexCursor::default();
             index.mark_seen(&mut cursor).await?;
-            for name in self.keys.clone() {
-                let entry = self.metadata_entry(&name).await?;
-                out.insert(name, entry);
+            let keys: Vec<KeyName> = self.keys.iter().cloned().collect();
+            for chunk in keys.chunks(READS_IN_FLIGHT) {
+                let entries = join_all(chunk.iter().map(|name| self.metadata_entry(name))).await;
+                for (name, entry) in chunk.iter().zip(entries) {
+                    out.insert(name.clone(), entry?);
+                }
             }
             self.cursor = Some(cursor);
             self.sweep_at = 0;
@@ -488,6 +502,33 @@ fn short_error(text: &str) -> String {
 /// Keys whose metadata each pass checks so that all `keys` are checked once per `full_sync`
 /// when a pass runs every `poll`: spread evenly instead of one burst of `keys` reads (a
 /// fraction below one: one key every few passes).
+/// Vault reads a full pass keeps in flight (multiplexed on the session's connection).
+const READS_IN_FLIGHT: usize = 16;
+
+/// Runs the futures concurrently on this task and returns their outputs in order.
+async fn join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut pinned: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, slot) in pinned.iter_mut().zip(out.iter_mut()) {
+            if slot.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *slot = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
+
 fn sweep_per_pass(keys: usize, poll: std::time::Duration, full_sync: std::time::Duration) -> f64 {
     let passes = (full_sync.as_secs_f64() / poll.as_secs_f64().max(0.001)).max(1.0);
     keys as f64 / passes

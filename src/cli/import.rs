@@ -12,8 +12,10 @@ use std::path::Path;
 
 /// Puts in flight at once.
 const IMPORT_CONCURRENCY: usize = 32;
-/// Keys stored between two index writes.
-const INDEX_BATCH: usize = 500;
+/// Keys stored between two index writes. Each flush writes every shard the batch touched
+/// (up to 256) and the root, so a large batch is what keeps a big import from writing the
+/// index almost once per key.
+const INDEX_BATCH: usize = 5_000;
 
 /// What became of one entry: (key, version, short fingerprint, imported|unchanged) or
 /// (key if known, why it failed).
@@ -56,6 +58,17 @@ pub async fn run(store: &KeyStore, file: &Path, promote: bool, output: Output) -
     // of once per key (importing 10,000 keys one index write at a time wrote the index
     // 10,000 times).
     let batched = store.clone().batching_index();
+    // Keys not in Vault yet are created with check-and-set 0 straight away (no metadata read
+    // first: an import into an empty prefix costs one data write and one metadata PATCH a
+    // key). One LIST tells which exist; if it cannot be made, every key is read first.
+    let existing: Option<std::collections::BTreeSet<KeyName>> = match store.list().await {
+        Ok(names) => Some(names.into_iter().collect()),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot list the keys; reading each key before writing it");
+            None
+        }
+    };
+    let existing = std::sync::Arc::new(existing);
     let total = entries.len();
     let mut rows: Vec<Option<(String, RowResult)>> = (0..total).map(|_| None).collect();
     let mut running = tokio::task::JoinSet::new();
@@ -73,10 +86,20 @@ pub async fn run(store: &KeyStore, file: &Path, promote: bool, output: Output) -
                 }
                 (Ok(name), Ok(data)) => (name, data),
             };
-            let (store, opts, origin) = (batched.clone(), opts.clone(), entry.origin);
+            let (store, opts, origin, existing) = (batched.clone(), opts.clone(), entry.origin, existing.clone());
             running.spawn(async move {
                 let fp = short_fingerprint(&data.api_key.fingerprint()).to_string();
-                let result = store.put(&name, data, &opts).await;
+                let new = existing.as_ref().as_ref().is_some_and(|e| !e.contains(&name));
+                let result = if new {
+                    // Created meanwhile by someone else: the CAS write fails and nothing was
+                    // written; then the usual put (read, compare, write on the latest).
+                    match store.put_from(&name, data.clone(), &opts, None).await {
+                        Err(StoreError::Conflict { .. }) => store.put(&name, data, &opts).await,
+                        other => other,
+                    }
+                } else {
+                    store.put(&name, data, &opts).await
+                };
                 (i, origin, name, fp, result)
             });
         }

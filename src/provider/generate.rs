@@ -101,7 +101,7 @@ impl Provider for GenerateConfig {
 
     /// Mints only: a generated key exists nowhere else, so there is nothing to revoke or list.
     fn capabilities(&self) -> Capabilities {
-        Capabilities { mints: true, ..Capabilities::default() }
+        Capabilities { mints: true, mints_locally: true, ..Capabilities::default() }
     }
 
     fn mint<'a>(&'a self, _key: &'a str) -> BoxFuture<'a, Result<Minted, ProviderError>> {

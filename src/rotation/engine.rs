@@ -147,7 +147,7 @@ impl Engine<'_> {
         if let Some(outcome) = self.settle_earlier_mint(plan, reason).await? {
             return Ok(outcome);
         }
-        if self.store.record(name).await?.is_none() {
+        let Some(first) = self.store.record(name).await? else {
             if plan.provider.capabilities().manual() {
                 return Err(StoreError::NotFound(name.clone()));
             }
@@ -156,14 +156,24 @@ impl Engine<'_> {
                 return Ok(Outcome::LostRace);
             }
             tracing::info!(key = %name, "declared key does not exist yet; creating it");
-            return self.create(plan, reason, None, force).await;
-        }
-        self.retire_if_due(plan).await?;
-        let record = self.store.require(name).await?;
+            return self.create(plan, reason, None, None, force).await;
+        };
+        // A retirement that only clears `previous` (nothing to revoke) is folded into the
+        // promotion when one follows: the promotion overwrites `previous` anyway, so doing it
+        // first would only add requests. It is done on its own when no rotation follows.
+        let fold_retirement = !revokes_previous(plan);
+        let record = if fold_retirement {
+            first
+        } else if self.retire_if_due(plan, &first).await? {
+            self.store.require(name).await?
+        } else {
+            first
+        };
         if let Some(pending) = record.state.pending {
             if !record.state.failed.contains(&pending) {
                 if let Some(r) = record.state.retry.as_ref().filter(|r| r.version == pending) {
                     if r.next_at > self.clock.now() && !force {
+                        self.retire_unfolded(plan, &record, fold_retirement).await?;
                         return Ok(Outcome::Pending {
                             version: pending,
                             why: format!(
@@ -182,18 +192,21 @@ impl Engine<'_> {
             return Ok(outcome);
         }
         let last = record.current_since().unwrap_or(DateTime::<Utc>::MIN_UTC);
-        let expires_at = match record.state.current {
+        // The current version's data: its `expires_at` is part of the decision, and its
+        // provider fields are carried over to the new version (read once for both).
+        let current_data = match record.state.current {
             Some(c) => match self.store.read(name, c).await? {
-                VersionRead::Live(d) => d
-                    .fields
-                    .get("expires_at")
-                    .and_then(Value::as_str)
-                    .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-                    .map(|t| t.with_timezone(&Utc)),
+                VersionRead::Live(d) => Some(d),
                 _ => None,
             },
             None => None,
         };
+        let expires_at = current_data
+            .as_ref()
+            .and_then(|d| d.fields.get("expires_at"))
+            .and_then(Value::as_str)
+            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+            .map(|t| t.with_timezone(&Utc));
         let decision = decide(&plan.policy, last, expires_at, name.as_str(), now);
         if let Some(m) = self.metrics {
             let label = KeyLabel { key: name.to_string() };
@@ -201,13 +214,16 @@ impl Engine<'_> {
             m.key_rotation_overdue.get_or_create(&label).set(i64::from(decision.overdue));
         }
         if !decision.due && !force {
+            self.retire_unfolded(plan, &record, fold_retirement).await?;
             return Ok(Outcome::NotDue { next: decision.next });
         }
         if plan.provider.capabilities().manual() {
+            self.retire_unfolded(plan, &record, fold_retirement).await?;
             tracing::warn!(key = %name, "rotation due but the key is managed by hand; put a new one with `keysync put`");
             return Ok(Outcome::Overdue { since: decision.next });
         }
         let mut record = record;
+        let mut current_data = current_data;
         if !force && self.wait_start_jitter().await {
             let fresh = self.store.require(name).await?;
             if fresh.meta.current_version != record.meta.current_version || fresh.state.pending != record.state.pending
@@ -215,9 +231,21 @@ impl Engine<'_> {
                 tracing::info!(key = %name, "another agent rotated the key meanwhile; leaving it to them");
                 return Ok(Outcome::LostRace);
             }
+            if fresh.state.current != record.state.current {
+                current_data = None; // re-read by the write
+            }
             record = fresh;
         }
-        self.create(plan, reason, Some(&record), force).await
+        self.create(plan, reason, Some(&record), current_data.as_ref(), force).await
+    }
+
+    /// The retirement [`Self::step`] left to a promotion that did not come (see
+    /// `fold_retirement` there): done on its own now.
+    async fn retire_unfolded(&self, plan: &KeyPlan, record: &KeyRecord, folded: bool) -> Result<(), StoreError> {
+        if folded {
+            self.retire_if_due(plan, record).await?;
+        }
+        Ok(())
     }
 
     /// Sleeps a random time up to `start_jitter`; false without jitter.
@@ -314,11 +342,13 @@ impl Engine<'_> {
         plan: &KeyPlan,
         reason: &str,
         record: Option<&KeyRecord>,
+        current_data: Option<&KeyData>,
         force: bool,
     ) -> Result<Outcome, StoreError> {
         let name = &plan.name;
         let now = self.clock.now();
         let latest = record.map_or(0, |r| r.meta.current_version);
+        let original_current = record.and_then(|r| r.state.current);
         if let Some(old) = record.and_then(|r| r.state.intent.as_ref()) {
             if self.memory.is_accounted(name, old) {
                 // Ours, and its key is already stored or revoked: only the clearing failed.
@@ -334,6 +364,9 @@ impl Engine<'_> {
             }
         }
         let ours = Intent::new(self.store.actor(), now);
+        if mints_locally(plan) {
+            return self.create_local(plan, reason, record, current_data, ours).await;
+        }
         self.store.record_intent(name, &ours).await?;
         crate::failpoint::hit("after_intent");
         // Build on the state that now carries the intent, but keep the CAS on the version we
@@ -376,7 +409,9 @@ impl Engine<'_> {
         }
         let opts = PutOptions { promote: false, reason: reason.to_string(), keep_fields: true };
         let mint = Unsettled { intent: ours, version: latest + 1, fingerprint, key_id };
-        let outcome = match self.store.try_put_from(name, data, &opts, Some(record.clone())).await {
+        // The current data read before deciding still holds if `current` did not move since.
+        let current_data = current_data.filter(|_| original_current == record.state.current);
+        let outcome = match self.store.try_put_with(name, data, &opts, Some(record.clone()), current_data).await {
             Ok(o) => o,
             Err(failure) => return self.settle_failed_write(plan, reason, failure, mint).await,
         };
@@ -386,6 +421,141 @@ impl Engine<'_> {
         tracing::info!(key = %name, version = outcome.version, "created a pending version");
         crate::failpoint::hit("after_pending");
         self.validate_and_promote(plan, outcome.version, reason).await
+    }
+
+    /// [`Self::create`] for a provider that mints locally (`generate`): the key exists nowhere
+    /// but in this process until it is stored, so a crash before the write orphans nothing and
+    /// no intent is recorded. Write (CAS), validate, then record and promote the version in
+    /// one metadata PATCH — no pending record in between: a crash after the write leaves an
+    /// unrecorded latest version, which any agent adopts as pending after `adopt_after`.
+    ///
+    /// Peers leave an unrecorded version alone for `adopt_after` (judged from its
+    /// `created_time`), and only a peer that adopted it could mark its key revoked or promote
+    /// it too. So when the promotion lands within half of `adopt_after` of sending the write
+    /// (our monotonic clock; the version's `created_time` is later than the send), no peer
+    /// can have touched it unless its clock runs `adopt_after`/2 ahead of the server's: the
+    /// promotion is ours alone, counted without the CAS-claimed promotion record and without
+    /// a read-back. Slower than that, the read-back (revoked while promoted?) and the claim
+    /// run as for any other promotion.
+    async fn create_local(
+        &self,
+        plan: &KeyPlan,
+        reason: &str,
+        record: Option<&KeyRecord>,
+        current_data: Option<&KeyData>,
+        ours: Intent,
+    ) -> Result<Outcome, StoreError> {
+        let name = &plan.name;
+        let minted = plan
+            .provider
+            .mint_for(name.as_str())
+            .await
+            .map_err(|e| StoreError::Refused(format!("minting a key for {name} failed: {e}")))?;
+        crate::failpoint::hit("after_mint");
+        let latest = record.map_or(0, |r| r.meta.current_version);
+        let fingerprint = minted.api_key.fingerprint();
+        let key_id = minted.key_id.clone();
+        let mut data = KeyData::new(minted.api_key);
+        for (k, v) in minted.fields {
+            data.fields.insert(k, Value::String(v));
+        }
+        if let Some(id) = &key_id {
+            data.fields.insert("key_id".into(), Value::String(id.clone()));
+        }
+        if let Some(exp) = minted.expires_at {
+            data.fields.insert("expires_at".into(), Value::String(exp.to_rfc3339()));
+        }
+        let opts = PutOptions { promote: false, reason: reason.to_string(), keep_fields: true };
+        let mint = Unsettled { intent: ours, version: latest + 1, fingerprint: fingerprint.clone(), key_id };
+        let sent = std::time::Instant::now();
+        let (version, data) = match self.store.try_write(name, data, &opts, record, current_data).await {
+            Ok(w) => w,
+            Err(failure) => return self.settle_failed_write(plan, reason, failure, mint).await,
+        };
+        crate::failpoint::hit("put_after_data");
+        self.memory.accounted_for(name, &mint.intent);
+        tracing::info!(key = %name, version, "created a new version");
+        if plan.policy.validate {
+            if let Some(v) = &plan.validation {
+                match v.validate(&data.api_key).await {
+                    Verdict::Valid => {}
+                    Verdict::Invalid(why) => {
+                        self.failure(name, "invalid");
+                        return self.give_up(plan, version, &data, why).await;
+                    }
+                    Verdict::Undecided(_) => {
+                        // Record it as pending; the usual path retries with backoff.
+                        self.failure(name, "undecided");
+                        let fp = fingerprint.clone();
+                        self.store
+                            .update_state(name, |_, s| {
+                                s.fingerprints.insert(version, fp);
+                                if s.current.is_none_or(|c| c < version) {
+                                    s.pending = Some(version);
+                                }
+                                Ok(())
+                            })
+                            .await?;
+                        return self.validate_and_promote(plan, version, reason).await;
+                    }
+                }
+            }
+        }
+        crate::failpoint::hit("after_validate");
+        let base = match record {
+            Some(r) => r.clone(),
+            None => KeyRecord {
+                name: name.clone(),
+                meta: crate::store::Metadata::default(),
+                state: crate::store::RotationState::default(),
+            },
+        };
+        if let Some(p) = base.state.previous.filter(|p| Some(*p) != base.state.current) {
+            tracing::info!(key = %name, version = p, "retired the previous key (replaced by the promotion)");
+        }
+        let now = self.clock.now();
+        let grace = plan.grace;
+        let actor = self.store.actor().to_string();
+        let reason_text = reason.to_string();
+        let fp = fingerprint.clone();
+        let after = self
+            .store
+            .update_state_on(&base, |_, s| {
+                s.fingerprints.insert(version, fp);
+                s.previous = s.current;
+                s.grace_until = s.current.map(|_| now + chrono_duration(grace));
+                s.current = Some(version);
+                if s.pending.is_some_and(|p| p <= version) {
+                    s.pending = None;
+                }
+                s.retry = None;
+                s.rotated_at = Some(now);
+                s.rotated_by = Some(actor);
+                s.reason = Some(reason_text);
+                Ok(())
+            })
+            .await;
+        let after = match after {
+            Ok(a) => a,
+            Err(e) => {
+                // Stored but not recorded: an unrecorded latest version, adopted as pending
+                // by the next check (ours or a peer's after `adopt_after`).
+                tracing::warn!(key = %name, version, error = %e, "stored the new version but could not promote it; the next rotation check adopts it");
+                return Err(e);
+            }
+        };
+        crate::failpoint::hit("after_promote");
+        let previous = base.state.current;
+        if sent.elapsed() < plan.adopt_after / 2 {
+            self.store.publish(name, &after, false).await;
+            self.count(name, "rotated");
+            tracing::info!(key = %name, version, "promoted");
+            return Ok(Outcome::Rotated { version, previous });
+        }
+        // Slow: a peer may have adopted the version meanwhile. Check as any promoter does.
+        let fresh = self.store.require(name).await?;
+        self.store.publish(name, &fresh.state, fresh.current_deleted(&fresh.state)).await;
+        self.checked_promotion(plan, version, &fingerprint, previous, &fresh).await
     }
 
     /// The CAS write of a minted key failed. Never revoke a key Vault may have stored: another
@@ -600,7 +770,10 @@ impl Engine<'_> {
         // grace: `--force`, or an interval shorter than grace). Retire it first.
         let record = self.store.require(name).await?;
         if let Some(p) = record.state.previous.filter(|p| *p != version && record.state.current != Some(version)) {
-            tracing::warn!(key = %name, version = p, "rotating again while the previous key is in its grace period; retiring it now so it is not left live at the provider");
+            if record.state.in_grace(self.clock.now()) {
+                tracing::warn!(key = %name, version = p, "rotating again while the previous key is in its grace period; retiring it now so it is not left live at the provider");
+            }
+            // (Grace over: the retirement `step` left to this promotion, nothing to revoke.)
             self.retire(plan, p).await?;
         }
         let now = self.clock.now();
@@ -643,10 +816,23 @@ impl Engine<'_> {
             return Ok(Outcome::LostRace);
         }
         crate::failpoint::hit("after_promote");
-        // Vault has no metadata CAS: an agent that read the state before a peer marked this
-        // key revoked may still have promoted it. Look again, and step back if so.
         let after = self.store.require(name).await?;
-        if after.state.is_revoked(&fp) && after.state.current == Some(version) {
+        self.checked_promotion(plan, version, &fp, previous, &after).await
+    }
+
+    /// After a promotion PATCH: steps back if a peer marked the key revoked meanwhile (Vault
+    /// has no metadata CAS), then claims the promotion's count (exactly one promoter counts
+    /// it). `after` is the state read after the PATCH.
+    async fn checked_promotion(
+        &self,
+        plan: &KeyPlan,
+        version: u64,
+        fp: &str,
+        previous: Option<u64>,
+        after: &KeyRecord,
+    ) -> Result<Outcome, StoreError> {
+        let name = &plan.name;
+        if after.state.is_revoked(fp) && after.state.current == Some(version) {
             tracing::error!(key = %name, version, "the promoted key was marked revoked by another agent at the same moment; restoring the earlier current key");
             self.store
                 .update_state(name, |_, s| {
@@ -663,7 +849,7 @@ impl Engine<'_> {
             return Ok(Outcome::Failed { version, why: "its key was revoked while it was promoted".into() });
         }
         // Several agents may have promoted this version at once; exactly one counts it.
-        match self.store.claim_promotion(name, version, &fp).await {
+        match self.store.claim_promotion(name, version, fp).await {
             Ok(true) => {
                 self.count(name, "rotated");
                 tracing::info!(key = %name, version, "promoted");
@@ -728,13 +914,13 @@ impl Engine<'_> {
     /// reporting agent holds the current key, at grace end unless a fresh agent still holds
     /// the previous one, and past `max_hold` anyway — loudly (error log, metric, a
     /// `forced_retirement` note that `keysync status` shows).
-    async fn retire_if_due(&self, plan: &KeyPlan) -> Result<(), StoreError> {
+    /// Returns whether it retired (the caller's record is then stale).
+    async fn retire_if_due(&self, plan: &KeyPlan, record: &KeyRecord) -> Result<bool, StoreError> {
         let name = &plan.name;
-        let record = self.store.require(name).await?;
-        let (Some(prev), Some(_)) = (record.state.previous, record.state.grace_until) else { return Ok(()) };
-        let decision = self.every_reporting_agent_switched(plan, &record).await?;
+        let (Some(prev), Some(_)) = (record.state.previous, record.state.grace_until) else { return Ok(false) };
+        let decision = self.every_reporting_agent_switched(plan, record).await?;
         if !decision.retire_now() {
-            return Ok(());
+            return Ok(false);
         }
         self.retire(plan, prev).await?;
         if let Retirement::Forced { by, why } = decision {
@@ -755,7 +941,7 @@ impl Engine<'_> {
                 tracing::warn!(key = %name, error = %e, "could not record the forced retirement for `keysync status`");
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Revokes version `prev` at the provider (when it can and the policy wants it), then
@@ -911,6 +1097,19 @@ impl Engine<'_> {
                 .inc();
         }
     }
+}
+
+/// Whether the provider makes its keys itself, in this process (`generate`): nothing exists
+/// at a provider before the key is stored, so a crash cannot orphan one and no rotation
+/// intent needs recording first.
+fn mints_locally(plan: &KeyPlan) -> bool {
+    plan.provider.capabilities().mints_locally
+}
+
+/// Whether retiring this key's previous version revokes it at the provider; if not,
+/// retirement only clears `previous`, which a promotion does anyway.
+fn revokes_previous(plan: &KeyPlan) -> bool {
+    plan.policy.revoke_previous.unwrap_or(true) && plan.provider.capabilities().revokes
 }
 
 /// Clears the rotation intent when the agent that wrote the version being finished is the

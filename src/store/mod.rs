@@ -306,16 +306,26 @@ impl KeyStore {
     pub async fn try_put_from(
         &self,
         name: &KeyName,
-        mut data: KeyData,
+        data: KeyData,
         opts: &PutOptions,
         record: Option<KeyRecord>,
     ) -> Result<PutOutcome, PutFailure> {
+        self.try_put_with(name, data, opts, record, None).await
+    }
+
+    /// [`Self::try_put_from`] with the current version's data when the caller read it already
+    /// (`record`'s current; saves the read that carries its provider fields over).
+    pub async fn try_put_with(
+        &self,
+        name: &KeyName,
+        data: KeyData,
+        opts: &PutOptions,
+        record: Option<KeyRecord>,
+        current: Option<&KeyData>,
+    ) -> Result<PutOutcome, PutFailure> {
         validate_api_key(name, &data.api_key).map_err(PutFailure::not_landed)?;
         let fingerprint = data.api_key.fingerprint();
-        let (before, latest) = match &record {
-            Some(r) => (r.state.clone(), r.meta.current_version),
-            None => (RotationState::default(), 0),
-        };
+        let before = record.as_ref().map(|r| r.state.clone()).unwrap_or_default();
         if let Some(current) = before.current {
             if opts.promote && before.fingerprints.get(&current) == Some(&fingerprint) {
                 return Ok(PutOutcome {
@@ -327,40 +337,8 @@ impl KeyStore {
                     unchanged: true,
                 });
             }
-            if opts.keep_fields {
-                if let VersionRead::Live(old) = self.kv.read(name, current).await.map_err(PutFailure::not_landed)? {
-                    for (k, v) in old.fields {
-                        if !is_provenance_field(&k) && !is_key_specific_field(&k) {
-                            data.fields.entry(k).or_insert(v);
-                        }
-                    }
-                }
-            }
         }
-        if before.is_revoked(&fingerprint) {
-            return Err(PutFailure::not_landed(StoreError::Refused(format!(
-                "the key given for {name} (fingerprint {}) was revoked by keysync; put a new key",
-                crate::secret::short_fingerprint(&fingerprint)
-            ))));
-        }
-        data.fields.insert(WRITTEN_BY_FIELD.into(), Value::String(self.actor.clone()));
-        data.fields.insert(REASON_FIELD.into(), Value::String(opts.reason.clone()));
-        let written = if crate::failpoint::fail("kv_write_refused") {
-            Err(lost_answer(&self.kv, name, "failpoint kv_write_refused: not sent"))
-        } else {
-            self.kv.write(name, &data, latest).await
-        };
-        let written = match written {
-            Ok(_) if crate::failpoint::fail("kv_write_lost_answer") => {
-                Err(lost_answer(&self.kv, name, "failpoint kv_write_lost_answer: written, answer dropped"))
-            }
-            other => other,
-        };
-        let version = match written {
-            Ok(v) => v,
-            Err(VaultError::CasConflict { .. }) => return Err(PutFailure::not_landed(self.conflict(name).await)),
-            Err(e) => return Err(PutFailure { landed: landed_after(&e), error: e.into() }),
-        };
+        let (version, _) = self.try_write(name, data, opts, record.as_ref(), current).await?;
         crate::failpoint::hit("put_after_data");
         let landed = |e: VaultError| PutFailure { landed: Landed::Yes { version }, error: e.into() };
         let now = crate::rotation::clock::now();
@@ -385,9 +363,81 @@ impl KeyStore {
         after.prune(record.as_ref().map_or(1, |r| r.meta.oldest_version));
         self.kv.patch_custom_metadata(name, after.merge_patch(&before)).await.map_err(landed)?;
         if opts.promote {
-            self.publish_fresh(name, &after, false).await;
+            if self.batch.is_some() {
+                // Bulk work: the entry goes out with the next batch anyway, so a read-back
+                // (one request per key) buys nothing; agents' full sync corrects a rare race.
+                self.publish(name, &after, false).await;
+            } else {
+                self.publish_fresh(name, &after, false).await;
+            }
         }
         Ok(PutOutcome { name: name.clone(), version, fingerprint, promoted: opts.promote, previous, unchanged: false })
+    }
+
+    /// The check-and-set write of a new version on `record`'s latest, without touching the
+    /// metadata: provider fields of the current version carried over (`opts.keep_fields`; from
+    /// `current` when the caller already read it, saving a read), a key keysync revoked
+    /// refused, provenance fields added. Returns the version written and the data as written.
+    /// A rotation records the version itself (see `rotation::engine`); [`Self::try_put_from`]
+    /// records it as pending or current.
+    pub async fn try_write(
+        &self,
+        name: &KeyName,
+        mut data: KeyData,
+        opts: &PutOptions,
+        record: Option<&KeyRecord>,
+        current: Option<&KeyData>,
+    ) -> Result<(u64, KeyData), PutFailure> {
+        validate_api_key(name, &data.api_key).map_err(PutFailure::not_landed)?;
+        let fingerprint = data.api_key.fingerprint();
+        let (before, latest) = match record {
+            Some(r) => (&r.state, r.meta.current_version),
+            None => (&RotationState::default(), 0),
+        };
+        if let (Some(current_version), true) = (before.current, opts.keep_fields) {
+            let read;
+            let old = match current {
+                Some(d) => Some(d),
+                None => {
+                    read = self.kv.read(name, current_version).await.map_err(PutFailure::not_landed)?;
+                    match &read {
+                        VersionRead::Live(d) => Some(d),
+                        _ => None,
+                    }
+                }
+            };
+            if let Some(old) = old {
+                for (k, v) in &old.fields {
+                    if !is_provenance_field(k) && !is_key_specific_field(k) {
+                        data.fields.entry(k.clone()).or_insert_with(|| v.clone());
+                    }
+                }
+            }
+        }
+        if before.is_revoked(&fingerprint) {
+            return Err(PutFailure::not_landed(StoreError::Refused(format!(
+                "the key given for {name} (fingerprint {}) was revoked by keysync; put a new key",
+                crate::secret::short_fingerprint(&fingerprint)
+            ))));
+        }
+        data.fields.insert(WRITTEN_BY_FIELD.into(), Value::String(self.actor.clone()));
+        data.fields.insert(REASON_FIELD.into(), Value::String(opts.reason.clone()));
+        let written = if crate::failpoint::fail("kv_write_refused") {
+            Err(lost_answer(&self.kv, name, "failpoint kv_write_refused: not sent"))
+        } else {
+            self.kv.write(name, &data, latest).await
+        };
+        let written = match written {
+            Ok(_) if crate::failpoint::fail("kv_write_lost_answer") => {
+                Err(lost_answer(&self.kv, name, "failpoint kv_write_lost_answer: written, answer dropped"))
+            }
+            other => other,
+        };
+        match written {
+            Ok(v) => Ok((v, data)),
+            Err(VaultError::CasConflict { .. }) => Err(PutFailure::not_landed(self.conflict(name).await)),
+            Err(e) => Err(PutFailure { landed: landed_after(&e), error: e.into() }),
+        }
     }
 
     /// Settles a write whose answer was lost: did version `version` (the one a CAS write on
@@ -535,6 +585,24 @@ impl KeyStore {
             return Ok(after);
         }
         self.publish_fresh(name, &after, deleted).await;
+        Ok(after)
+    }
+
+    /// [`Self::update_state`] on a record the caller read already: one PATCH, no read, no
+    /// index update (the caller publishes). Only the fields `change` alters are sent, so a
+    /// peer's concurrent change to other fields survives; use it only where the caller's
+    /// record is known to be fresh enough for the fields it changes (see the rotation
+    /// engine's fresh-version path).
+    pub async fn update_state_on(
+        &self,
+        record: &KeyRecord,
+        change: impl FnOnce(&KeyRecord, &mut RotationState) -> Result<(), StoreError>,
+    ) -> Result<RotationState, StoreError> {
+        let mut after = record.state.clone();
+        change(record, &mut after)?;
+        after.managed = true;
+        after.prune(record.meta.oldest_version);
+        self.kv.patch_custom_metadata(&record.name, after.merge_patch(&record.state)).await?;
         Ok(after)
     }
 
