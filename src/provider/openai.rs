@@ -244,7 +244,7 @@ impl Provider for OpenAiConfig {
     /// Mints, revokes, and lists its own service accounts (for orphan cleanup). Keys are
     /// checked by `[validation]` (preset `openai`), not by the Admin API.
     fn capabilities(&self) -> Capabilities {
-        Capabilities { mints: true, revokes: true, lists_own: true, validates: false }
+        Capabilities { mints: true, mints_locally: false, revokes: true, lists_own: true, validates: false }
     }
 
     fn mint<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Minted, ProviderError>> {

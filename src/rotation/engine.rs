@@ -448,7 +448,7 @@ impl Engine<'_> {
         let name = &plan.name;
         let minted = plan
             .provider
-            .mint_for(name.as_str())
+            .mint(name.as_str())
             .await
             .map_err(|e| StoreError::Refused(format!("minting a key for {name} failed: {e}")))?;
         crate::failpoint::hit("after_mint");
