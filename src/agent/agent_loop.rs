@@ -9,14 +9,14 @@
 //!
 //! Rotation runs beside the loop, never inside it (see [`super::rotation`]).
 
-use crate::rotation::clock;
+use super::config::{Config, ConfigLoader};
 use super::exec::{self, ExecSpec};
 use super::hooks::{self, Hooks};
 use super::report;
 use super::rotation::{rotation_task, RotationDeps};
 use super::sync::{PassReport, Syncer};
 use super::{jittered, AgentError, ExitCode};
-use super::config::{Config, ConfigLoader};
+use crate::rotation::clock;
 use crate::rotation::Clock;
 use crate::store::{default_actor, Ack, KeyName, Kv};
 use crate::telemetry::{Health, Metrics};
@@ -108,8 +108,7 @@ pub(super) struct AgentLoop {
 
 /// The sink renderer and the hooks for `cfg`.
 fn build(cfg: &Config, session: &Arc<Session>, metrics: &Arc<Metrics>) -> Result<(Syncer, Hooks), AgentError> {
-    let syncer =
-        Syncer::new(cfg, cfg.key_store(session.clone()), metrics.clone()).map_err(AgentError::Sink)?;
+    let syncer = Syncer::new(cfg, cfg.key_store(session.clone()), metrics.clone()).map_err(AgentError::Sink)?;
     let mut hook_cfg = BTreeMap::new();
     for (name, k) in &cfg.keys {
         if let (Some(h), Ok(n)) = (&k.on_change, KeyName::parse(name)) {
@@ -285,7 +284,8 @@ impl AgentLoop {
     /// at least every half `ack_ttl`, so a healthy agent never reads as silent.
     async fn report_consumers(&mut self, hook_results: &[hooks::HookResult]) {
         let ack = consumer_report(&mut self.reporter, &self.syncer, &self.hooks, self.child.as_ref(), hook_results);
-        let refresh = clock::instant().saturating_duration_since(self.last_ack_at) >= self.cfg.rotation.ack_ttl.get() / 2;
+        let refresh =
+            clock::instant().saturating_duration_since(self.last_ack_at) >= self.cfg.rotation.ack_ttl.get() / 2;
         if self.last_ack.as_ref() == Some(&ack) && !refresh {
             return;
         }

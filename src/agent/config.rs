@@ -9,12 +9,12 @@
 //! saying a problem with the file's name, is `config/`'s job; it sits above the agent, which
 //! gets its config through a [`ConfigLoader`] and never reads config files itself.
 
-use crate::vault::VaultConfig;
 use crate::duration::HumanDuration;
 use crate::field::FieldError;
 use crate::render::{DirSinkConfig, SinkConfig};
 use crate::rotation::{KeyPlan, RotationConfig};
 use crate::store::{KeyName, KeyStore, KvConfig};
+use crate::vault::VaultConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -267,8 +267,7 @@ impl Config {
                 policy.validate().map_err(|m| FieldError::new(format!("{at}.rotation"), m))?;
             }
             if let Some(p) = &key.provider {
-                p.build()
-                    .map_err(|e| FieldError::new(format!("{at}.provider"), e.to_string()))?;
+                p.build().map_err(|e| FieldError::new(format!("{at}.provider"), e.to_string()))?;
             }
             if let Some(v) = &key.validation {
                 v.check().map_err(|m| FieldError::new(format!("{at}.validation"), m))?;

@@ -5,8 +5,8 @@
 //! Changes are debounced with `[exec] wait_min`/`wait_max` like hooks: keys that change
 //! together (within `wait_min` of each other) restart the child once.
 
-use super::sync::{PassReport, Syncer};
 use super::config::{ExecConfig, ExecOnChange};
+use super::sync::{PassReport, Syncer};
 use crate::store::KeyName;
 use crate::store::SinkHold;
 use nix::sys::signal::{kill, Signal};

@@ -7,8 +7,8 @@
 //! hooks a pid gets each signal once, even when several different hooks name it; when one
 //! hook signalling a pid file falls due, the other pending hooks signalling it run with it.
 
-use super::SignalName;
 use super::config::OnChangeConfig;
+use super::SignalName;
 use crate::store::KeyName;
 use crate::telemetry::{Metrics, SinkResultLabel};
 use std::collections::{BTreeMap, BTreeSet};

@@ -2,8 +2,8 @@
 //! a burst of due keys must not delay a render or flip /readyz. The keys are rotated by
 //! [`crate::rotation::rotate_due`], the same loop `keysync rotate --due` uses.
 
-use super::jittered;
 use super::config::Config;
+use super::jittered;
 use crate::rotation::{rotate_due, Clock, DueOptions, Engine, FailureLog, KeyPlan, Memory};
 use crate::telemetry::Metrics;
 use crate::vault::Session;

@@ -289,7 +289,8 @@ pub async fn delete_orphans(
     older_than: Duration,
 ) -> Result<Vec<String>, ProviderError> {
     let own = provider.list_own(key).await?;
-    let cutoff = crate::rotation::clock::now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+    let cutoff =
+        crate::rotation::clock::now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
     let orphans: Vec<&OwnKey> =
         own.iter().filter(|k| !referenced.contains(&k.id) && k.created_at.is_some_and(|t| t <= cutoff)).collect();
     let mut deleted = Vec::new();
