@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod duration;
 pub mod failpoint;

@@ -249,7 +249,10 @@ async fn sighup_reloads_the_config_and_sigterm_exits_cleanly() {
     std::fs::write(&config, "[agent\n").unwrap();
     agent.signal(libc::SIGHUP);
     assert!(
-        eventually(Duration::from_secs(5), || agent.log_text().contains("the reloaded config cannot be used; keeping the old config")).await,
+        eventually(Duration::from_secs(5), || agent
+            .log_text()
+            .contains("the reloaded config cannot be used; keeping the old config"))
+        .await,
         "{}",
         agent.log_text()
     );

@@ -11,7 +11,7 @@
 //! | 5 | `rotation` | the engine and `[rotation]` / the key plan |
 //! | 6 | `provider`, `render`, `store`, `telemetry` | providers, sinks, the key store (`[kv]`), metrics and health |
 //! | 7 | `vault` | the Vault client, sessions, `[vault]` |
-//! | 8 | `secret`, `duration`, `field`, `failpoint`, `logging` | leaves: import nothing of keysync |
+//! | 8 | `secret`, `duration`, `field`, `clock`, `failpoint`, `logging` | leaves: import nothing of keysync |
 //!
 //! What is checked here, on the `use crate::…` / `crate::…` / `super::…` / `keysync::…` paths
 //! of every file under `src/` (comments and literals stripped), folded to top-level modules:

@@ -454,7 +454,7 @@ async fn rotate_due_rotates_keys_side_by_side_but_never_more_than_eight_at_once(
 }
 
 /// `KEYSYNC_TEST_CLOCK` moves keysync's time only in a `test-clock` build (tests, never
-/// release: src/rotation/clock.rs refuses to compile the feature without debug assertions).
+/// release: src/clock.rs refuses to compile the feature without debug assertions).
 /// Eight days on, a key with a 7-day interval is due there; any other build ignores the file.
 #[tokio::test]
 async fn the_test_clock_moves_keysync_only_in_a_test_clock_build() {

@@ -16,7 +16,7 @@ use super::report;
 use super::rotation::{rotation_task, RotationDeps};
 use super::sync::{PassReport, Syncer};
 use super::{jittered, AgentError, ExitCode};
-use crate::rotation::clock;
+use crate::clock;
 use crate::rotation::Clock;
 use crate::store::{default_actor, Ack, KeyName, Kv};
 use crate::telemetry::{Health, Metrics};

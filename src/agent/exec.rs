@@ -143,7 +143,7 @@ impl Child {
             self.pending = None;
             return Ok(());
         }
-        let now = crate::rotation::clock::instant();
+        let now = crate::clock::instant();
         match &mut self.pending {
             Some(p) if p.fingerprints == env.fingerprints => {}
             Some(p) => {

@@ -70,7 +70,7 @@ impl Hooks {
     /// Notes that `key`'s files changed.
     pub fn changed(&mut self, key: &KeyName, version: u64, fingerprint: &str) {
         let Some(cfg) = self.config.get(key) else { return };
-        let now = crate::rotation::clock::instant();
+        let now = crate::clock::instant();
         let p = self.pending.entry(HookId::of(cfg)).or_insert(Pending { first: now, last: now, keys: BTreeMap::new() });
         p.last = now;
         p.keys.insert(key.clone(), (version, fingerprint.into()));
@@ -97,7 +97,7 @@ impl Hooks {
     /// Runs every hook whose wait is over: each action once for all its keys, each
     /// (pid, signal) once. Returns how each key's hook ended.
     pub async fn run_due(&mut self) -> Vec<HookResult> {
-        let now = crate::rotation::clock::instant();
+        let now = crate::clock::instant();
         let mut due_ids: Vec<HookId> =
             self.pending.iter().filter(|(_, p)| self.due(p) <= now).map(|(id, _)| id.clone()).collect();
         // A pid gets one signal per burst: other pending hooks signalling the same pid file

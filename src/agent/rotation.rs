@@ -43,7 +43,7 @@ pub(super) async fn rotation_task(
         }
         let wait = jittered(current.agent.rotation_check_interval.get());
         tokio::select! {
-            _ = crate::rotation::clock::sleep(wait) => {}
+            _ = crate::clock::sleep(wait) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
     }
@@ -70,7 +70,7 @@ async fn round(cfg: &Config, deps: &RotationDeps, memory: &Memory, log: &mut Fai
         stop: Some(stop.clone()),
     };
     rotate_due(&engine, plans, opts, |name, result| {
-        let now = crate::rotation::clock::instant();
+        let now = crate::clock::instant();
         let lines = match &result {
             Ok(_) => log.succeeded(name.as_str(), now),
             Err(e) => log.failed(name.as_str(), e, now).into_iter().collect(),

@@ -187,7 +187,7 @@ impl Syncer {
 
     /// When the earliest grace period that still shows a previous key ends.
     pub fn next_grace_end(&self) -> Option<DateTime<Utc>> {
-        let now = crate::rotation::clock::now();
+        let now = crate::clock::now();
         self.cache.values().filter_map(|c| c.entry.grace_until).filter(|g| *g > now).min()
     }
 
@@ -207,7 +207,7 @@ impl Syncer {
 
     async fn pass_inner(&mut self, full: bool) -> Result<PassReport, VaultError> {
         let entries = self.entries(full).await?;
-        let now = crate::rotation::clock::now();
+        let now = crate::clock::now();
         let mut to_read = Vec::new();
         for name in self.keys.clone() {
             let entry = match entries.get(&name) {
@@ -452,7 +452,7 @@ impl Syncer {
                         self.metrics
                             .sink_last_success_timestamp_seconds
                             .get_or_create(&label)
-                            .set(crate::rotation::clock::now().timestamp() as f64);
+                            .set(crate::clock::now().timestamp() as f64);
                     }
                     match outcome {
                         RenderOutcome::Written | RenderOutcome::Unchanged if signature.is_some() => {

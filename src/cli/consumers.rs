@@ -16,7 +16,7 @@ use std::time::Duration;
 pub async fn run(cfg: &Config, store: &KeyStore, name: &KeyName, output: Output) -> Result<(), CliError> {
     let record = store.require(name).await?;
     let acks = store.kv().acks().all().await?;
-    let now = crate::rotation::clock::now();
+    let now = crate::clock::now();
     let ack_ttl = cfg.rotation.ack_ttl.get();
     let max_hold = cfg
         .keys

@@ -339,7 +339,7 @@ fn print_status(r: &KeyRecord) {
     }
     if let Some(v) = s.previous {
         let grace = match s.grace_until {
-            Some(g) if g > crate::rotation::clock::now() => format!("valid until {}", time(Some(g))),
+            Some(g) if g > crate::clock::now() => format!("valid until {}", time(Some(g))),
             Some(g) => format!("grace ended {}", time(Some(g))),
             None => "no grace recorded".into(),
         };

@@ -39,7 +39,7 @@ pub fn age(secs: i64) -> String {
 }
 
 pub fn age_since(t: Option<DateTime<Utc>>) -> String {
-    t.map(|t| age((crate::rotation::clock::now() - t).num_seconds())).unwrap_or_else(|| "-".into())
+    t.map(|t| age((crate::clock::now() - t).num_seconds())).unwrap_or_else(|| "-".into())
 }
 
 pub fn time(t: Option<DateTime<Utc>>) -> String {

@@ -110,7 +110,7 @@ fn check_file(file: &Path, records: &[KeyRecord]) -> FileCheck {
             let Some(version) = version else { continue };
             let role = r.role(version);
             let fine = if is_previous_file {
-                r.state.previous == Some(version) && r.state.in_grace(crate::rotation::clock::now())
+                r.state.previous == Some(version) && r.state.in_grace(crate::clock::now())
             } else {
                 r.state.current == Some(version)
             };

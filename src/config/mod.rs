@@ -249,6 +249,34 @@ mod tests {
         load_with_env(&ConfigSource { path: file.path().to_path_buf(), explicit: true }, &env)
     }
 
+    /// Through the config loader: a provider field problem names `keys.NAME.provider…` and
+    /// lists what is accepted, as it did when providers were one serde enum.
+    #[test]
+    fn config_errors_name_the_provider_field() {
+        let load = |text: &str| {
+            let mut file = tempfile::NamedTempFile::new().unwrap();
+            std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
+            let source = crate::config::ConfigSource { path: file.path().to_path_buf(), explicit: true };
+            crate::config::load_with_env(&source, &Default::default()).unwrap_err().to_string()
+        };
+        for (text, says) in [
+            ("[keys.k.provider]\ntype = \"generate\"\nlenght = 40\n", &["keys.k.provider", "lenght", "`length`"][..]),
+            ("[keys.k.provider]\ntype = \"generate\"\ncharset = \"emoji\"\n", &["keys.k.provider", "charset: unknown variant `emoji`", "`base64url`"]),
+            ("[keys.k.provider]\ntype = \"magic\"\n", &["keys.k.provider", "magic", "`generate`", "`manual`"]),
+            ("[keys.k.provider]\ntype = \"openai\"\nadmin_key_file = \"/a\"\n", &["keys.k.provider", "project_id"]),
+            ("[keys.k.provider]\ntype = \"command\"\ncommand = []\n", &["keys.k.provider", "`command` must name a program"]),
+            (
+                "[keys.k.provider]\ntype = \"openai\"\nproject_id = \"p\"\nadmin_key_file = \"/a\"\nname_prefix = \"a-b\"\n",
+                &["keys.k.provider", "name_prefix", "\"a_b\""],
+            ),
+        ] {
+            let err = load(text);
+            for word in says {
+                assert!(err.contains(word), "{text}: {word:?} missing from: {err}");
+            }
+        }
+    }
+
     #[test]
     fn empty_file_gives_defaults() {
         let cfg = load_text("", &[]).unwrap();

@@ -130,7 +130,7 @@ impl OpenAiConfig {
     /// busy answer: a second create could mint a second account.
     pub async fn mint_for(&self, key: &str) -> Result<Minted, ProviderError> {
         let what = "create a service account";
-        let name = self.account_name(key, crate::rotation::clock::now().timestamp());
+        let name = self.account_name(key, crate::clock::now().timestamp());
         let call = self.call(what, Method::POST, self.url(""))?.json(&json!({ "name": name }));
         let answer = http::send(&call).await.map_err(|f| call.failed(f))?;
         if !answer.status.is_success() {

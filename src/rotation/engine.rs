@@ -255,7 +255,7 @@ impl Engine<'_> {
             use rand::Rng as _;
             j.mul_f64(rand::rng().random_range(0.0..1.0))
         };
-        super::clock::sleep(wait).await; // wakes when a test moves its virtual clock
+        crate::clock::sleep(wait).await; // wakes when a test moves its virtual clock
         true
     }
 

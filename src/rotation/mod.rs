@@ -4,7 +4,6 @@
 //! rotation step against Vault and the provider; [`rotate_due`] steps many keys at once, for
 //! both the agent and `keysync rotate --due`.
 
-pub mod clock;
 mod config;
 mod due;
 mod engine;
@@ -12,7 +11,7 @@ pub mod holds;
 mod policy;
 mod quiet;
 
-pub use clock::{Clock, FakeClock, SystemClock};
+pub use crate::clock::{Clock, FakeClock, SystemClock};
 pub use config::RotationConfig;
 pub use due::{rotate_due, DueOptions, KeyResult};
 pub use engine::{Engine, KeyPlan, Memory, Outcome, SETTLE_FOR};

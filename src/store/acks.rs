@@ -123,8 +123,7 @@ impl Acks {
     /// set to now.
     pub async fn report(&self, agent: &str, ack: &Ack) -> Result<(), VaultError> {
         let path = format!("{}/_acks/{}", self.prefix, ack_id(agent));
-        let data =
-            json!({ "seen_at": crate::rotation::clock::now().to_rfc3339(), "keys": ack.keys, "sinks": ack.sinks });
+        let data = json!({ "seen_at": crate::clock::now().to_rfc3339(), "keys": ack.keys, "sinks": ack.sinks });
         self.session.kv_write(&self.mount, &path, &data, None, "ack_write").await.map(|_| ())
     }
 

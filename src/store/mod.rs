@@ -341,7 +341,7 @@ impl KeyStore {
         let (version, _) = self.try_write(name, data, opts, record.as_ref(), current).await?;
         crate::failpoint::hit("put_after_data");
         let landed = |e: VaultError| PutFailure { landed: Landed::Yes { version }, error: e.into() };
-        let now = crate::rotation::clock::now();
+        let now = crate::clock::now();
         let mut after = before.clone();
         after.managed = true;
         after.fingerprints.insert(version, fingerprint.clone());
@@ -633,7 +633,7 @@ impl KeyStore {
 
     /// Swaps current and previous while previous is still in grace.
     pub async fn rollback(&self, name: &KeyName, reason: &str) -> Result<RotationState, StoreError> {
-        let now = crate::rotation::clock::now();
+        let now = crate::clock::now();
         let actor = self.actor.clone();
         // Check first that the version we switch to still has data.
         let record = self.require(name).await?;

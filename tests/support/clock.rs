@@ -1,5 +1,5 @@
 //! The virtual clock a test hands to the keysync processes it starts (`KEYSYNC_TEST_CLOCK`, read
-//! by src/rotation/clock.rs in a `test-clock` build): a file holding how many milliseconds
+//! by src/clock.rs in a `test-clock` build): a file holding how many milliseconds
 //! keysync's "now" runs ahead of the wall clock. [`TestClock::advance`] moves it on, and an
 //! agent waiting for a deadline (its next poll, a grace end, a debounce window, a rotation
 //! check) sees the move within 50 ms instead of after the real wait.
