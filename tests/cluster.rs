@@ -315,6 +315,13 @@ async fn leader_sigkilled_during_rotations() {
             versions
         }
     };
+    // The keys exist, not due, before any agent starts: a rotating agent creates a declared key
+    // that is missing, and a first round's `put` would then race it for version 1.
+    for (i, name) in names.iter().enumerate() {
+        let data = KeyData::new(Secret::new(format!("sk-clu-first-{i}-xxxxxxxxxxxxxxxx")));
+        let opts = PutOptions { promote: true, reason: "first version".into(), keep_fields: false };
+        writer.put(&KeyName::parse(name).unwrap(), data, &opts).await.expect("first put");
+    }
     // Agents: one pinned to each node, one listing all three.
     let mut agents = Vec::new();
     let mut monitors = Vec::new();

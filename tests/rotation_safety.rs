@@ -705,7 +705,7 @@ async fn several_agents_finishing_the_same_pending_version_count_it_once() {
                 engine.step(plan, false, "test").await.unwrap()
             }
         });
-        let outcomes = futures_join_all(steps).await;
+        let outcomes = futures_util::future::join_all(steps).await;
         let rotated = outcomes.iter().filter(|o| matches!(o, Outcome::Rotated { .. })).count();
         assert_eq!(rotated, 1, "round {round}: exactly one agent reports the promotion: {outcomes:?}");
         let r = writer.require(&name).await.unwrap();
@@ -722,30 +722,6 @@ async fn several_agents_finishing_the_same_pending_version_count_it_once() {
             "every version promoted; exactly one agent per round reports and counts the promotion (keysync_rotations_total{{result=\"rotated\"}} over all agents = {counted} for {rounds} promotions; the others found it promoted or lost the CAS-claimed promotion record)"
         ),
     );
-}
-
-/// Runs futures concurrently on this task and collects their outputs in order.
-async fn futures_join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
-    let mut pinned: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
-    let mut out: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (f, o) in pinned.iter_mut().zip(out.iter_mut()) {
-            if o.is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => *o = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter().map(|o| o.expect("every future finished")).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -234,7 +234,7 @@ impl Syncer {
         // for the keys not read yet, as before.
         for chunk in to_read.chunks(READS_IN_FLIGHT) {
             let reads = chunk.iter().map(|(name, entry, prev)| self.read_key(name, entry.clone(), *prev));
-            let fresh = join_all(reads).await;
+            let fresh = futures_util::future::join_all(reads).await;
             for ((name, _, _), fresh) in chunk.iter().zip(fresh) {
                 let fresh = fresh?;
                 self.update_key_metrics(name, &fresh);
@@ -263,7 +263,7 @@ impl Syncer {
             index.mark_seen(&mut cursor).await?;
             let keys: Vec<KeyName> = self.keys.iter().cloned().collect();
             for chunk in keys.chunks(READS_IN_FLIGHT) {
-                let entries = join_all(chunk.iter().map(|name| self.metadata_entry(name))).await;
+                let entries = futures_util::future::join_all(chunk.iter().map(|name| self.metadata_entry(name))).await;
                 for (name, entry) in chunk.iter().zip(entries) {
                     out.insert(name.clone(), entry?);
                 }
@@ -499,36 +499,12 @@ fn short_error(text: &str) -> String {
     format!("{}…", text.chars().take(MAX).collect::<String>())
 }
 
-/// Keys whose metadata each pass checks so that all `keys` are checked once per `full_sync`
-/// when a pass runs every `poll`: spread evenly instead of one burst of `keys` reads (a
-/// fraction below one: one key every few passes).
 /// Vault reads a full pass keeps in flight (multiplexed on the session's connection).
 const READS_IN_FLIGHT: usize = 16;
 
-/// Runs the futures concurrently on this task and returns their outputs in order.
-async fn join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
-    let mut pinned: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
-    let mut out: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (f, slot) in pinned.iter_mut().zip(out.iter_mut()) {
-            if slot.is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => *slot = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter().flatten().collect()
-}
-
+/// Keys whose metadata each pass checks so that all `keys` are checked once per `full_sync`
+/// when a pass runs every `poll`: spread evenly instead of one burst of `keys` reads (a
+/// fraction below one: one key every few passes).
 fn sweep_per_pass(keys: usize, poll: std::time::Duration, full_sync: std::time::Duration) -> f64 {
     let passes = (full_sync.as_secs_f64() / poll.as_secs_f64().max(0.001)).max(1.0);
     keys as f64 / passes

@@ -395,18 +395,7 @@ impl Engine<'_> {
             }
         };
         crate::failpoint::hit("after_mint");
-        let key_id = minted.key_id.clone();
-        let fingerprint = minted.api_key.fingerprint();
-        let mut data = KeyData::new(minted.api_key);
-        for (k, v) in minted.fields {
-            data.fields.insert(k, Value::String(v));
-        }
-        if let Some(id) = &key_id {
-            data.fields.insert("key_id".into(), Value::String(id.clone()));
-        }
-        if let Some(exp) = minted.expires_at {
-            data.fields.insert("expires_at".into(), Value::String(exp.to_rfc3339()));
-        }
+        let (data, fingerprint, key_id) = stored_form(minted);
         let opts = PutOptions { promote: false, reason: reason.to_string(), keep_fields: true };
         let mint = Unsettled { intent: ours, version: latest + 1, fingerprint, key_id };
         // The current data read before deciding still holds if `current` did not move since.
@@ -453,18 +442,7 @@ impl Engine<'_> {
             .map_err(|e| StoreError::Refused(format!("minting a key for {name} failed: {e}")))?;
         crate::failpoint::hit("after_mint");
         let latest = record.map_or(0, |r| r.meta.current_version);
-        let fingerprint = minted.api_key.fingerprint();
-        let key_id = minted.key_id.clone();
-        let mut data = KeyData::new(minted.api_key);
-        for (k, v) in minted.fields {
-            data.fields.insert(k, Value::String(v));
-        }
-        if let Some(id) = &key_id {
-            data.fields.insert("key_id".into(), Value::String(id.clone()));
-        }
-        if let Some(exp) = minted.expires_at {
-            data.fields.insert("expires_at".into(), Value::String(exp.to_rfc3339()));
-        }
+        let (data, fingerprint, key_id) = stored_form(minted);
         let opts = PutOptions { promote: false, reason: reason.to_string(), keep_fields: true };
         let mint = Unsettled { intent: ours, version: latest + 1, fingerprint: fingerprint.clone(), key_id };
         let sent = std::time::Instant::now();
@@ -1102,6 +1080,24 @@ impl Engine<'_> {
 /// Whether the provider makes its keys itself, in this process (`generate`): nothing exists
 /// at a provider before the key is stored, so a crash cannot orphan one and no rotation
 /// intent needs recording first.
+/// A minted key as it is written to Vault: the key, the provider's extra fields, its `key_id`
+/// and `expires_at`; with its fingerprint and key id, which the rotation needs after the write.
+fn stored_form(minted: crate::provider::Minted) -> (KeyData, String, Option<String>) {
+    let key_id = minted.key_id.clone();
+    let fingerprint = minted.api_key.fingerprint();
+    let mut data = KeyData::new(minted.api_key);
+    for (k, v) in minted.fields {
+        data.fields.insert(k, Value::String(v));
+    }
+    if let Some(id) = &key_id {
+        data.fields.insert("key_id".into(), Value::String(id.clone()));
+    }
+    if let Some(exp) = minted.expires_at {
+        data.fields.insert("expires_at".into(), Value::String(exp.to_rfc3339()));
+    }
+    (data, fingerprint, key_id)
+}
+
 fn mints_locally(plan: &KeyPlan) -> bool {
     plan.provider.capabilities().mints_locally
 }
