@@ -444,10 +444,29 @@ async fn leader_sigkilled_during_rotations() {
         for (i, n) in names.iter().enumerate() {
             let key = KeyName::parse(n).unwrap();
             let r = writer.require(&key).await.expect("read");
-            assert_eq!(r.meta.current_version, base[i] + 1, "round {round}, {n}: exactly one new version");
-            assert_eq!(r.state.current, Some(base[i] + 1), "round {round}, {n}: promoted: {:?}", r.state);
-            assert_eq!(r.state.previous, Some(base[i]), "round {round}, {n}: previous: {:?}", r.state);
-            assert!(r.state.pending.is_none() && r.state.intent.is_none(), "round {round}, {n}: {:?}", r.state);
+            let said = || -> String {
+                agents
+                    .iter()
+                    .zip(&labels)
+                    .flat_map(|(a, label)| {
+                        a.log_text()
+                            .lines()
+                            .filter(|l| l.contains(&format!("key={n} ")) && !l.contains("NotDue"))
+                            .map(|l| format!("[{label}] {l}"))
+                            .collect::<Vec<_>>()
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            assert_eq!(r.meta.current_version, base[i] + 1, "round {round}, {n}: exactly one new version:\n{}", said());
+            assert_eq!(r.state.current, Some(base[i] + 1), "round {round}, {n}: promoted: {:?}\n{}", r.state, said());
+            assert_eq!(r.state.previous, Some(base[i]), "round {round}, {n}: previous: {:?}\n{}", r.state, said());
+            assert!(
+                r.state.pending.is_none() && r.state.intent.is_none(),
+                "round {round}, {n}: {:?}\n{}",
+                r.state,
+                said()
+            );
             let keysync::store::VersionRead::Live(data) = writer.read(&key, base[i] + 1).await.expect("read data")
             else {
                 panic!("round {round}, {n}: the current version has no data")

@@ -551,3 +551,77 @@ async fn one_rotation_costs_at_most_six_vault_requests() {
     let entry = server.admin().read(&format!("secret/data/keysync/_index.d/{shard:02x}")).await;
     assert_eq!(entry["data"]["data"]["gateway"]["current"], 3, "index entry updated: {entry}");
 }
+
+/// Rotating again while the previous key is in its grace period revokes that key before the
+/// promotion, whose PATCH replaces `previous`. If the promotion is then refused (here another
+/// agent marks the new key revoked while it is being validated), the revoked key must not stay
+/// in the state as `previous`, where a sink with `include_previous` would still hand it out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promotion_refused_after_the_previous_key_was_revoked_leaves_no_revoked_previous() {
+    let server = DevServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let clock = TestClock::new();
+    let cli = Cli::new(&server, &server.root_token, dir.path()).on_clock(&clock);
+    let peer = support::key_store(&server, &server.root_token, Duration::from_secs(3600), "peer").await;
+    // The key check: the third minted key is marked revoked (as a peer retiring it would) before
+    // the check answers 200, so its promotion must be refused.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { return };
+            let mut buf = [0u8; 4096];
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]).to_string();
+            let bearer = head
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("authorization: Bearer ").or_else(|| l.strip_prefix("Authorization: Bearer "))
+                })
+                .map(|k| k.trim().to_string());
+            if let Some(key) = bearer.filter(|k| k.starts_with("sk-cmd-3-")) {
+                let fp = keysync::secret::fingerprint(key.as_bytes());
+                let name = keysync::store::KeyName::parse("svc").unwrap();
+                peer.update_state(&name, |_, s| {
+                    s.mark_revoked(&fp);
+                    Ok(())
+                })
+                .await
+                .expect("mark the new key revoked");
+            }
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}").await;
+        }
+    });
+    let mint = format!(
+        "n=$(cat {d}/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > {d}/n; printf '{{\"api_key\": \"sk-cmd-%s-xxxxxxxxxxxxxxxx\", \"key_id\": \"id-%s\"}}' $n $n"
+    );
+    let revoke = format!("echo $KEYSYNC_KEY_ID >> {d}/revoked");
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "[keys.svc.provider]\ntype = \"command\"\ncommand = [\"sh\", \"-c\", {mint:?}]\nrevoke_command = [\"sh\", \"-c\", {revoke:?}]\n[keys.svc.validation]\npreset = \"openai\"\nbase_url = \"http://127.0.0.1:{port}/v1\"\n[keys.svc.rotation]\ninterval = \"7d\"\ngrace = \"1h\"\n"
+        ),
+    );
+    cli.run_with_stdin(&["put", "svc"], "sk-cmd-initial-xxxxxxxxxxxxxxxx");
+    cli.ok(&["--config", &cfg, "rotate", "svc", "--force"]); // v2 = id-1, previous v1
+    cli.ok(&["--config", &cfg, "rotate", "svc", "--force"]); // v3 = id-2, previous v2 (id-1) in grace
+    let status = cli.json(&["status", "svc"]);
+    assert_eq!(
+        (status[0]["current"]["version"].as_u64(), status[0]["previous"]["version"].as_u64()),
+        (Some(3), Some(2)),
+        "{status}"
+    );
+    // v4 = id-3: v2 is revoked (rotating again within grace), then v4's promotion is refused.
+    let (_, stdout, stderr) = cli.run(&["--config", &cfg, "rotate", "svc", "--force"]);
+    let status = cli.json(&["status", "svc"]);
+    assert_eq!(status[0]["current"]["version"], 3, "the refused key is not current: {status}\n{stdout}\n{stderr}");
+    let revoked = std::fs::read_to_string(dir.path().join("revoked")).unwrap_or_default();
+    assert!(revoked.lines().any(|l| l == "id-1"), "v2 was revoked before the promotion: {revoked:?}");
+    assert!(
+        status[0]["previous"].is_null(),
+        "v2's key was revoked, so it is no longer the previous key: {status}\n{stdout}\n{stderr}"
+    );
+    assert_eq!(cli.ok(&["get", "svc", "--reveal"]).trim(), "sk-cmd-2-xxxxxxxxxxxxxxxx");
+}

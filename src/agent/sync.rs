@@ -288,11 +288,17 @@ impl Syncer {
         self.sweep_credit = (self.sweep_credit + self.sweep_per_pass).min(keys.len() as f64);
         let now = self.sweep_credit.floor();
         self.sweep_credit -= now;
-        for _ in 0..now as usize {
-            let name = keys[self.sweep_at % keys.len()].clone();
-            self.sweep_at = (self.sweep_at + 1) % keys.len();
-            let entry = self.metadata_entry(&name).await?;
-            out.insert(name, entry);
+        // Several reads in flight, like the first pass: at 100,000 keys a slice is ~140 keys a
+        // pass, and one at a time their round trips would delay what the index announced.
+        let slice: Vec<KeyName> = (0..now as usize).map(|i| keys[(self.sweep_at + i) % keys.len()].clone()).collect();
+        if !keys.is_empty() {
+            self.sweep_at = (self.sweep_at + slice.len()) % keys.len();
+        }
+        for chunk in slice.chunks(READS_IN_FLIGHT) {
+            let entries = futures_util::future::join_all(chunk.iter().map(|name| self.metadata_entry(name))).await;
+            for (name, entry) in chunk.iter().zip(entries) {
+                out.insert(name.clone(), entry?);
+            }
         }
         Ok(out)
     }

@@ -606,7 +606,8 @@ impl Engine<'_> {
         let ours = mint.intent.clone();
         let recorded = self
             .store
-            .update_state(&plan.name, |_, s| {
+            .update_state(&plan.name, |read, s| {
+                refuse_stale(read, version)?;
                 s.fingerprints.insert(version, fp);
                 if s.current.is_none_or(|c| c < version) && s.pending.is_none_or(|p| p <= version) {
                     s.pending = Some(version);
@@ -745,14 +746,19 @@ impl Engine<'_> {
         crate::failpoint::hit("after_validate");
         // Promoting pushes the current key to `previous`; a previous key still in its grace
         // period would drop out of the state without ever being revoked (rotating again within
-        // grace: `--force`, or an interval shorter than grace). Retire it first.
+        // grace: `--force`, or an interval shorter than grace). Revoke it first; the promotion
+        // PATCH itself replaces `previous` (a separate PATCH clearing it could land after a
+        // peer's promotion of the same version and erase the `previous` that one set).
         let record = self.store.require(name).await?;
+        refuse_stale(&record, version)?;
+        let mut retired = None;
         if let Some(p) = record.state.previous.filter(|p| *p != version && record.state.current != Some(version)) {
             if record.state.in_grace(self.clock.now()) {
                 tracing::warn!(key = %name, version = p, "rotating again while the previous key is in its grace period; retiring it now so it is not left live at the provider");
             }
             // (Grace over: the retirement `step` left to this promotion, nothing to revoke.)
-            self.retire(plan, p).await?;
+            self.revoke_retired(plan, p).await?;
+            retired = Some(p);
         }
         let now = self.clock.now();
         let grace = plan.grace;
@@ -762,8 +768,10 @@ impl Engine<'_> {
         let fp = data.api_key.fingerprint();
         let mut previous = None;
         let mut already = false;
-        self.store
-            .update_state(name, |_, s| {
+        let promoted = self
+            .store
+            .update_state(name, |read, s| {
+                refuse_stale(read, version)?;
                 if s.is_revoked(&fp) {
                     return Err(StoreError::Refused(format!(
                         "{name} v{version} was marked revoked while it was being validated; not promoted"
@@ -773,6 +781,9 @@ impl Engine<'_> {
                 s.fingerprints.insert(version, fp.clone());
                 if s.current == Some(version) {
                     already = true; // a peer finishing the same pending version got there first
+                    if s.pending == Some(version) {
+                        s.pending = None; // recorded by a check that read before the peer's promotion
+                    }
                     return Ok(());
                 }
                 previous = s.current;
@@ -788,7 +799,17 @@ impl Engine<'_> {
                 s.reason = Some(reason);
                 Ok(())
             })
-            .await?;
+            .await;
+        if let Some(p) = retired {
+            match &promoted {
+                Ok(_) => {
+                    tracing::info!(key = %name, version = p, "retired the previous key (replaced by the promotion)")
+                }
+                // Not promoted after all: the revoked key must not stay visible as `previous`.
+                Err(_) => self.clear_previous(name, p).await?,
+            }
+        }
+        promoted?;
         if already {
             self.count(name, "lost_race");
             return Ok(Outcome::LostRace);
@@ -926,6 +947,32 @@ impl Engine<'_> {
     /// clears `previous` if it still is `prev`. Safe to repeat after a crash in between.
     async fn retire(&self, plan: &KeyPlan, prev: u64) -> Result<(), StoreError> {
         let name = &plan.name;
+        self.revoke_retired(plan, prev).await?;
+        crate::failpoint::hit("after_revoke_previous");
+        self.clear_previous(name, prev).await?;
+        tracing::info!(key = %name, version = prev, "retired the previous key");
+        Ok(())
+    }
+
+    /// Clears `previous` (and its grace) if it still is `prev`, so a revoked key is no longer
+    /// rendered as the previous one.
+    async fn clear_previous(&self, name: &KeyName, prev: u64) -> Result<(), StoreError> {
+        self.store
+            .update_state(name, |_, s| {
+                if s.previous == Some(prev) {
+                    s.previous = None;
+                    s.grace_until = None;
+                }
+                Ok(())
+            })
+            .await
+            .map(drop)
+    }
+
+    /// The provider half of a retirement: marks version `prev`'s key revoked, then revokes it
+    /// (when the provider can and the policy wants it). Leaves the state's `previous` alone.
+    async fn revoke_retired(&self, plan: &KeyPlan, prev: u64) -> Result<(), StoreError> {
+        let name = &plan.name;
         if plan.policy.revoke_previous.unwrap_or(true) && plan.provider.capabilities().revokes {
             if let VersionRead::Live(d) = self.store.read(name, prev).await? {
                 if let Some(id) = d.fields.get("key_id").and_then(Value::as_str) {
@@ -939,17 +986,6 @@ impl Engine<'_> {
                 }
             }
         }
-        crate::failpoint::hit("after_revoke_previous");
-        self.store
-            .update_state(name, |_, s| {
-                if s.previous == Some(prev) {
-                    s.previous = None;
-                    s.grace_until = None;
-                }
-                Ok(())
-            })
-            .await?;
-        tracing::info!(key = %name, version = prev, "retired the previous key");
         Ok(())
     }
 
@@ -1098,6 +1134,22 @@ fn stored_form(minted: crate::provider::Minted) -> (KeyData, String, Option<Stri
     (data, fingerprint, key_id)
 }
 
+/// Refuses to build a state change on a read that predates `version`, which the caller knows
+/// Vault holds (it wrote or read it): during a raft leadership change a node that has just lost
+/// leadership can still answer reads from its own, older, storage for a moment. A merge PATCH
+/// computed from such a read would write old values back (a promotion would record the
+/// version before last as `previous`, a key already revoked). The next check reads again.
+fn refuse_stale(record: &KeyRecord, version: u64) -> Result<(), StoreError> {
+    if record.meta.current_version < version {
+        return Err(StoreError::Refused(format!(
+            "Vault answered with metadata of {} at version {}, older than version {version} which it holds \
+             (a node that has just lost leadership?); not acting on it, will read again",
+            record.name, record.meta.current_version
+        )));
+    }
+    Ok(())
+}
+
 fn mints_locally(plan: &KeyPlan) -> bool {
     plan.provider.capabilities().mints_locally
 }
@@ -1121,8 +1173,21 @@ fn clear_intent_of(state: &mut crate::store::RotationState, writer: Option<&str>
 
 #[cfg(test)]
 mod tests {
-    use super::clear_intent_of;
-    use crate::store::{Intent, RotationState};
+    use super::{clear_intent_of, refuse_stale};
+    use crate::store::{Intent, KeyName, KeyRecord, Metadata, RotationState};
+
+    #[test]
+    fn a_read_older_than_a_known_version_is_not_acted_on() {
+        let record = |latest: u64| KeyRecord {
+            name: KeyName::parse("openai").unwrap(),
+            meta: Metadata { current_version: latest, ..Default::default() },
+            state: RotationState { current: Some(5), previous: Some(4), ..Default::default() },
+        };
+        let err = refuse_stale(&record(6), 7).unwrap_err().to_string();
+        assert!(err.contains("openai") && err.contains("version 6") && err.contains("version 7"), "{err}");
+        assert!(refuse_stale(&record(7), 7).is_ok());
+        assert!(refuse_stale(&record(9), 7).is_ok(), "newer versions since: the read is fresh enough");
+    }
 
     #[test]
     fn finishing_a_version_clears_only_its_writers_intent() {
